@@ -1,0 +1,64 @@
+# meshtls front door. Every target installs what it needs (make deps) and builds first.
+#   make deps        install the Debian packages (no-op when present)
+#   make build       configure and build (build/)
+#   make test        the whole suite: unit, privileged (root, netns, BPF), VM (kTLS on Debian kernels), fuzz smoke
+#   make unit        the unprivileged unit suite only (a quick local loop; CI always runs make test)
+#   make bench-tls   handshake and relay benchmarks -> tests/bench/results/tls.{json,md}
+#   make demo        the main job on an embedded default (see README)
+BUILD       ?= build
+FUZZ_BUILD  ?= build-fuzz
+BUILD_TYPE  ?= RelWithDebInfo
+SANITIZE    ?=
+JOBS        ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all deps configure build test unit privileged vm fuzz bench-tls demo format lint clean
+
+all: build
+
+deps:
+	@tools/install-deps.sh
+
+$(BUILD)/build.ninja: CMakeLists.txt | deps
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
+	  -DMESHTLS_SANITIZE=$(SANITIZE) -DCMAKE_EXPORT_COMPILE_COMMANDS=ON $(CMAKE_FLAGS)
+
+configure: $(BUILD)/build.ninja
+
+build: deps configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build fuzz
+	cd $(BUILD) && ctest --output-on-failure --no-tests=error -j 2
+
+unit: build
+	cd $(BUILD) && ctest --output-on-failure --no-tests=error -L unit -j $(JOBS)
+
+privileged: build
+	cd $(BUILD) && ctest --output-on-failure --no-tests=error -L privileged -LE vm
+
+vm: build
+	cd $(BUILD) && ctest --output-on-failure --no-tests=error -L vm
+
+# libFuzzer needs clang: the fuzz targets get their own build tree. Their smoke runs are ctest
+# tests in that tree, run here for a short, fixed number of seconds each.
+fuzz: deps
+	cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DMESHTLS_FUZZ=ON
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_targets
+	cd $(FUZZ_BUILD) && ctest --output-on-failure --no-tests=error -L fuzz
+
+bench-tls: build
+	tests/bench/run-bench-tls.sh $(BUILD)
+
+demo: build
+	tools/demo.sh $(BUILD)
+
+format:
+	git ls-files '*.cc' '*.h' '*.c' | xargs clang-format -i
+
+lint: build
+	git ls-files 'userspace/*.cc' 'agent/*.cc' | xargs clang-tidy -p $(BUILD) --quiet
+
+clean:
+	rm -rf $(BUILD) $(FUZZ_BUILD)

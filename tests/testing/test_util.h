@@ -1,0 +1,74 @@
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "meshtls/common/event_loop.h"
+#include "meshtls/common/unique_fd.h"
+#include "meshtls/tls/context.h"
+#include "meshtls/tls/openssl_util.h"
+#include "meshtls/tls/session.h"
+
+namespace meshtls::testing {
+
+std::string ReadFile(const std::string& path);
+std::string CertPath(const std::string& file);
+
+// TLS context options for identity NAME from tests/certs (NAME.crt + NAME.key), trusting `bundle`.
+tls::TlsContextOptions Credentials(const std::string& name,
+                                   const std::string& bundle = "bundle.crt",
+                                   const std::string& trust_domain = "cluster.local");
+std::shared_ptr<const tls::TlsContext> Context(const std::string& name,
+                                               const std::string& bundle = "bundle.crt");
+
+// A connected TCP pair over loopback (first: the connecting side, second: the accepted side).
+std::pair<UniqueFd, UniqueFd> TcpPair();
+
+// An EventLoop running on its own thread. Run() executes a task on it and waits.
+class LoopThread {
+ public:
+  LoopThread();
+  ~LoopThread();
+  EventLoop& loop() { return *loop_; }
+  void Run(const std::function<void()>& task);
+
+ private:
+  std::unique_ptr<EventLoop> loop_;
+  std::thread thread_;
+};
+
+struct HandshakeOutcome {
+  std::unique_ptr<tls::TlsSession> client;
+  std::unique_ptr<tls::TlsSession> server;
+};
+
+// Runs a client and a server handshake against each other on `loop` and waits for both ends.
+HandshakeOutcome Handshake(LoopThread& loop, std::shared_ptr<const tls::TlsContext> client_ctx,
+                           std::shared_ptr<const tls::TlsContext> server_ctx,
+                           tls::SessionOptions client_options, tls::SessionOptions server_options);
+
+// True if MESHTLS_REQUIRE_KTLS=1 (set by the VM harness): a missing kTLS is then a failure.
+bool KtlsRequired();
+
+}  // namespace meshtls::testing
+
+namespace meshtls::testing {
+
+// A plain OpenSSL peer (not our engine) for interop and for presenting certificates our engine
+// would refuse to load: blocking I/O, meant to run on its own thread.
+struct RawPeerOptions {
+  std::string identity;          // NAME for NAME.crt/NAME.key; empty: no certificate
+  std::string bundle = "bundle.crt";
+  bool verify_peer = true;
+  std::string alpn = "meshtls/1";  // empty: offer none
+  int max_version = TLS1_3_VERSION;
+  std::string cipher_suites;     // empty: OpenSSL's default TLS 1.3 list
+};
+tls::SslCtxPtr RawContext(const RawPeerOptions& options);
+// Handshake on a blocking socket. Returns the SSL (nullptr on failure; `error` says why).
+tls::SslPtr RawHandshake(SSL_CTX* ctx, int fd, bool client, std::string* error = nullptr);
+
+}  // namespace meshtls::testing

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs every Debian package meshtls needs to build, test, benchmark and demo.
+# Does nothing (and needs no network) when they are all present already.
+set -euo pipefail
+
+packages=(
+  # toolchain
+  build-essential cmake ninja-build pkg-config clang llvm libclang-rt-14-dev
+  # libraries
+  libssl-dev libabsl-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libbpf-dev bpftool libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libcli11-dev libyaml-cpp-dev nlohmann-json3-dev libcap-dev
+  # tests, VM harness and benchmarks
+  iproute2 iperf3 tcpdump openssl qemu-system-x86 busybox-static xz-utils procps
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$status" = installed ] || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "meshtls: missing Debian packages: ${missing[*]}" >&2
+  echo "meshtls: run 'sudo make deps' (installing packages needs root)" >&2
+  exit 1
+fi
+echo "meshtls: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

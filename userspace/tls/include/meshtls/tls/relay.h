@@ -1,0 +1,104 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "meshtls/common/event_loop.h"
+#include "meshtls/common/unique_fd.h"
+#include "meshtls/tls/failure_reason.h"
+#include "meshtls/tls/session.h"
+
+namespace meshtls::tls {
+
+// How bulk bytes move once the handshake is done.
+enum class Datapath {
+  kKtlsSplice,    // kernel TLS on the tunnel socket, splice() to and from the plaintext socket
+  kUserspaceTls,  // OpenSSL encrypts and decrypts, 16 KB records
+};
+std::string_view DatapathName(Datapath datapath);
+absl::StatusOr<Datapath> ParseDatapath(std::string_view name);
+
+struct RelayOptions {
+  // Capacity of each direction's pipe in the splice relay (bounded by fs.pipe-max-size).
+  size_t pipe_size = 1 << 20;
+};
+
+struct RelayStats {
+  uint64_t bytes_to_tunnel = 0;    // plaintext bytes sent into the TLS tunnel
+  uint64_t bytes_from_tunnel = 0;  // plaintext bytes delivered to the plaintext socket
+};
+
+struct RelayResult {
+  FailureReason reason = FailureReason::kNone;  // kNone: both directions closed cleanly
+  std::string detail;
+  RelayStats stats;
+  std::chrono::microseconds duration{0};
+};
+
+// Moves bytes both ways between a plaintext socket and a TLS tunnel whose handshake is done.
+// Backpressure: a direction stops reading when its sink is full. Half-close: EOF on one side
+// becomes close_notify + FIN (or FIN) on the other while the opposite direction keeps flowing.
+// On a failure (truncation, bad record, reset) both sockets are reset, never closed cleanly, so
+// an application can tell a broken stream from a finished one.
+//
+// A Relay keeps itself alive while it runs; `on_close` runs once on the loop thread at the end.
+class Relay : public std::enable_shared_from_this<Relay> {
+ public:
+  using CloseCallback = std::function<void(const RelayResult&)>;
+
+  // For kKtlsSplice the session must have captured its traffic secrets; kTLS is installed here.
+  static absl::StatusOr<std::shared_ptr<Relay>> Start(EventLoop& loop, UniqueFd plaintext,
+                                                       std::unique_ptr<TlsSession> tunnel,
+                                                       Datapath datapath, const RelayOptions& options,
+                                                       CloseCallback on_close);
+  virtual ~Relay();
+  Relay(const Relay&) = delete;
+  Relay& operator=(const Relay&) = delete;
+
+  Datapath datapath() const { return datapath_; }
+  const RelayStats& stats() const { return stats_; }
+  const TlsSession& tunnel() const { return *tunnel_; }
+  bool closed() const { return closed_; }
+
+  // Ends the relay now with `reason` (policy change, shutdown deadline): both sockets are reset.
+  void Abort(FailureReason reason, std::string detail);
+
+ protected:
+  Relay(EventLoop& loop, UniqueFd plaintext, std::unique_ptr<TlsSession> tunnel, Datapath datapath,
+        CloseCallback on_close);
+
+  virtual absl::Status Init(const RelayOptions& options) = 0;
+  // Moves as many bytes as possible without blocking, then re-arms interest.
+  virtual void Pump() = 0;
+
+  absl::Status Register();
+  void SetInterest(bool plaintext_in, bool plaintext_out, bool tunnel_in, bool tunnel_out);
+  void Finish(FailureReason reason, std::string detail);
+
+  int plaintext_fd() const { return plaintext_.get(); }
+  int tunnel_fd() const { return tunnel_->fd(); }
+
+  EventLoop& loop_;
+  UniqueFd plaintext_;
+  std::unique_ptr<TlsSession> tunnel_;
+  Datapath datapath_;
+  RelayStats stats_;
+  bool closed_ = false;
+
+ private:
+  void OnEvent(uint32_t events);
+  absl::Status ApplyInterest(int fd, uint32_t wanted, uint32_t& current);
+
+  CloseCallback on_close_;
+  std::chrono::steady_clock::time_point started_;
+  // Interest currently registered per socket; 0 means not in the epoll set at all, so that a
+  // hung-up socket nobody waits on cannot make the loop spin.
+  uint32_t plaintext_events_ = 0;
+  uint32_t tunnel_events_ = 0;
+};
+
+}  // namespace meshtls::tls

@@ -1,0 +1,263 @@
+// ktls-splice datapath: the kernel encrypts and decrypts (kTLS on the tunnel socket) and splice()
+// moves pages socket -> pipe -> socket, so payload bytes never enter this process.
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "meshtls/common/strings.h"
+#include "meshtls/common/status.h"
+#include "meshtls/tls/ktls.h"
+#include "meshtls/tls/relay.h"
+
+namespace meshtls::tls {
+namespace {
+
+constexpr unsigned kSpliceFlags = SPLICE_F_NONBLOCK | SPLICE_F_MOVE;
+constexpr uint8_t kKeyUpdateMessage = 24;  // HandshakeType key_update (RFC 8446 §4)
+
+struct Pipe {
+  UniqueFd read_end;
+  UniqueFd write_end;
+  size_t capacity = 0;
+  size_t fill = 0;  // bytes in the pipe; splice() does not say which side was blocked
+};
+
+absl::StatusOr<Pipe> MakePipe(size_t wanted) {
+  int fds[2];
+  if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return ErrnoStatus(errno, "pipe2");
+  Pipe pipe;
+  pipe.read_end.reset(fds[0]);
+  pipe.write_end.reset(fds[1]);
+  int size = ::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(wanted));
+  if (size < 0) size = ::fcntl(fds[1], F_GETPIPE_SZ);  // over fs.pipe-max-size: keep the default
+  if (size <= 0) return ErrnoStatus(errno, "F_GETPIPE_SZ");
+  pipe.capacity = static_cast<size_t>(size);
+  return pipe;
+}
+
+std::string_view AlertName(uint8_t description) {
+  switch (description) {
+    case 0: return "close_notify";
+    case 10: return "unexpected_message";
+    case 20: return "bad_record_mac";
+    case 22: return "record_overflow";
+    case 40: return "handshake_failure";
+    case 42: return "bad_certificate";
+    case 43: return "unsupported_certificate";
+    case 44: return "certificate_revoked";
+    case 45: return "certificate_expired";
+    case 48: return "unknown_ca";
+    case 50: return "decode_error";
+    case 51: return "decrypt_error";
+    case 80: return "internal_error";
+    case 90: return "user_canceled";
+    default: return "other";
+  }
+}
+
+class SpliceRelay final : public Relay {
+ public:
+  SpliceRelay(EventLoop& loop, UniqueFd plaintext, std::unique_ptr<TlsSession> tunnel,
+              CloseCallback on_close)
+      : Relay(loop, std::move(plaintext), std::move(tunnel), Datapath::kKtlsSplice,
+              std::move(on_close)) {}
+
+ private:
+  absl::Status Init(const RelayOptions& options) override {
+    ASSIGN_OR_RETURN(up_, MakePipe(options.pipe_size));
+    ASSIGN_OR_RETURN(down_, MakePipe(options.pipe_size));
+    return SwitchToKtls(*tunnel_);
+  }
+
+  void Pump() override {
+    while (!closed_) {
+      bool progress = false;
+      if (!PumpUp(progress) || !PumpDown(progress)) return;
+      if (!progress) break;
+    }
+    if (closed_) return;
+    if (up_closed_ && down_closed_) {
+      Finish(FailureReason::kNone, "");
+      return;
+    }
+    SetInterest(/*plaintext_in=*/!up_eof_ && up_.fill < up_.capacity,
+                /*plaintext_out=*/plaintext_blocked_,
+                /*tunnel_in=*/!down_eof_ && down_.fill < down_.capacity && stray_.empty(),
+                /*tunnel_out=*/tunnel_blocked_);
+  }
+
+  // plaintext -> pipe -> kTLS socket (the kernel encrypts).
+  bool PumpUp(bool& progress) {
+    if (!up_eof_ && up_.fill < up_.capacity) {
+      const ssize_t n = ::splice(plaintext_fd(), nullptr, up_.write_end.get(), nullptr,
+                                 up_.capacity - up_.fill, kSpliceFlags);
+      if (n > 0) {
+        up_.fill += static_cast<size_t>(n);
+        progress = true;
+      } else if (n == 0) {
+        up_eof_ = true;
+        progress = true;
+      } else if (errno != EAGAIN && errno != EINTR) {
+        return Fail(errno, "plaintext read");
+      }
+    }
+    tunnel_blocked_ = false;
+    if (up_.fill > 0) {
+      const ssize_t n =
+          ::splice(up_.read_end.get(), nullptr, tunnel_fd(), nullptr, up_.fill, kSpliceFlags);
+      if (n > 0) {
+        up_.fill -= static_cast<size_t>(n);
+        stats_.bytes_to_tunnel += static_cast<uint64_t>(n);
+        progress = true;
+      } else if (n < 0 && errno == EAGAIN) {
+        tunnel_blocked_ = true;
+      } else if (n < 0 && errno != EINTR) {
+        return Fail(errno, "tunnel write");
+      }
+    } else if (up_eof_ && !up_closed_) {
+      if (KtlsSendCloseNotify(tunnel_fd()) < 0) {
+        if (errno == EAGAIN) {
+          tunnel_blocked_ = true;
+          return true;
+        }
+        return Fail(errno, "tunnel close_notify");
+      }
+      ::shutdown(tunnel_fd(), SHUT_WR);
+      up_closed_ = true;
+      progress = true;
+    }
+    return true;
+  }
+
+  // kTLS socket (the kernel decrypts) -> pipe -> plaintext.
+  bool PumpDown(bool& progress) {
+    plaintext_blocked_ = false;
+    if (!stray_.empty()) {
+      const ssize_t n = ::send(plaintext_fd(), stray_.data(), stray_.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n > 0) {
+        stray_.erase(stray_.begin(), stray_.begin() + n);
+        stats_.bytes_from_tunnel += static_cast<uint64_t>(n);
+        progress = true;
+      } else if (n < 0 && errno == EAGAIN) {
+        plaintext_blocked_ = true;
+      } else if (n < 0 && errno != EINTR) {
+        return Fail(errno, "plaintext write");
+      }
+      return true;
+    }
+    if (!down_eof_ && down_.fill < down_.capacity) {
+      const ssize_t n = ::splice(tunnel_fd(), nullptr, down_.write_end.get(), nullptr,
+                                 down_.capacity - down_.fill, kSpliceFlags);
+      if (n > 0) {
+        down_.fill += static_cast<size_t>(n);
+        progress = true;
+      } else if (n == 0) {
+        Finish(FailureReason::kTruncated, "tunnel closed without close_notify");
+        return false;
+      } else if (errno == EINVAL) {
+        // The next record is not application data (an alert or a handshake message): splice()
+        // cannot carry it, recvmsg() reports its type.
+        if (!ReadControlRecord(progress)) return false;
+      } else if (errno == EBADMSG) {
+        Finish(FailureReason::kDecryptError, "a tunnel record failed authentication");
+        return false;
+      } else if (errno != EAGAIN && errno != EINTR) {
+        return Fail(errno, "tunnel read");
+      }
+    }
+    if (down_.fill > 0) {
+      const ssize_t n =
+          ::splice(down_.read_end.get(), nullptr, plaintext_fd(), nullptr, down_.fill, kSpliceFlags);
+      if (n > 0) {
+        down_.fill -= static_cast<size_t>(n);
+        stats_.bytes_from_tunnel += static_cast<uint64_t>(n);
+        progress = true;
+      } else if (n < 0 && errno == EAGAIN) {
+        plaintext_blocked_ = true;
+      } else if (n < 0 && errno != EINTR) {
+        return Fail(errno, "plaintext write");
+      }
+    } else if (down_eof_ && !down_closed_) {
+      ::shutdown(plaintext_fd(), SHUT_WR);
+      down_closed_ = true;
+      progress = true;
+    }
+    return true;
+  }
+
+  bool ReadControlRecord(bool& progress) {
+    uint8_t buffer[16 * 1024 + 256];
+    uint8_t type = 0;
+    const ssize_t n = KtlsReceive(tunnel_fd(), buffer, sizeof(buffer), &type);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) return true;
+      if (errno == EBADMSG) {
+        Finish(FailureReason::kDecryptError, "a tunnel record failed authentication");
+        return false;
+      }
+      return Fail(errno, "tunnel recvmsg");
+    }
+    if (n == 0) {
+      Finish(FailureReason::kTruncated, "tunnel closed without close_notify");
+      return false;
+    }
+    progress = true;
+    switch (type) {
+      case kRecordApplicationData:
+        stray_.assign(buffer, buffer + n);  // delivered before anything else is read
+        return true;
+      case kRecordAlert:
+        if (n >= 2 && buffer[1] == 0) {
+          down_eof_ = true;  // close_notify
+          return true;
+        }
+        Finish(FailureReason::kPeerAlert,
+               StrCat("peer sent alert ", AlertName(n >= 2 ? buffer[1] : 255)));
+        return false;
+      case kRecordHandshake:
+        if (buffer[0] == kKeyUpdateMessage) {
+          Finish(FailureReason::kPeerKeyUpdateUnsupported,
+                 "peer sent a KeyUpdate; this datapath cannot install new keys");
+          return false;
+        }
+        Finish(FailureReason::kUnexpectedMessage,
+               StrCat("unexpected post-handshake message type ", buffer[0]));
+        return false;
+      default:
+        Finish(FailureReason::kUnexpectedMessage, StrCat("unexpected record type ", type));
+        return false;
+    }
+  }
+
+  bool Fail(int saved_errno, const char* what) {
+    Finish(saved_errno == ECONNRESET || saved_errno == EPIPE ? FailureReason::kPeerReset
+                                                             : FailureReason::kIoError,
+           StrCat(what, ": ", std::strerror(saved_errno)));
+    return false;
+  }
+
+  Pipe up_;
+  Pipe down_;
+  std::vector<uint8_t> stray_;  // application data that arrived through recvmsg()
+  bool up_eof_ = false;
+  bool up_closed_ = false;
+  bool down_eof_ = false;
+  bool down_closed_ = false;
+  bool tunnel_blocked_ = false;
+  bool plaintext_blocked_ = false;
+};
+
+}  // namespace
+
+std::shared_ptr<Relay> MakeSpliceRelay(EventLoop& loop, UniqueFd plaintext,
+                                       std::unique_ptr<TlsSession> tunnel,
+                                       Relay::CloseCallback on_close) {
+  return std::make_shared<SpliceRelay>(loop, std::move(plaintext), std::move(tunnel),
+                                       std::move(on_close));
+}
+
+}  // namespace meshtls::tls

@@ -1,0 +1,192 @@
+// userspace-tls datapath: OpenSSL encrypts and decrypts in this process.
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "meshtls/common/strings.h"
+#include "meshtls/tls/openssl_util.h"
+#include "meshtls/tls/relay.h"
+
+namespace meshtls::tls {
+namespace {
+
+// One full TLS record of plaintext: reads of this size become full-size records.
+constexpr size_t kBufferSize = 16 * 1024;
+
+struct Buffer {
+  std::unique_ptr<uint8_t[]> data = std::make_unique_for_overwrite<uint8_t[]>(kBufferSize);
+  size_t begin = 0;
+  size_t end = 0;
+  bool empty() const { return begin == end; }
+  size_t size() const { return end - begin; }
+  void Consume(size_t n) {
+    begin += n;
+    if (begin == end) begin = end = 0;
+  }
+};
+
+class UserspaceRelay final : public Relay {
+ public:
+  UserspaceRelay(EventLoop& loop, UniqueFd plaintext, std::unique_ptr<TlsSession> tunnel,
+                 CloseCallback on_close)
+      : Relay(loop, std::move(plaintext), std::move(tunnel), Datapath::kUserspaceTls,
+              std::move(on_close)) {}
+
+ private:
+  absl::Status Init(const RelayOptions& /*options*/) override { return absl::OkStatus(); }
+
+  void Pump() override {
+    SSL* ssl = tunnel_->ssl();
+    while (!closed_) {
+      bool progress = false;
+      if (!PumpUp(ssl, progress) || !PumpDown(ssl, progress)) return;
+      if (!progress) break;
+    }
+    if (closed_) return;
+    if (up_closed_ && down_closed_) {
+      Finish(FailureReason::kNone, "");
+      return;
+    }
+    SetInterest(/*plaintext_in=*/!up_eof_ && up_.empty(),
+                /*plaintext_out=*/!down_.empty(),
+                /*tunnel_in=*/(!down_eof_ && down_.empty()) || write_wants_read_,
+                /*tunnel_out=*/write_blocked_ || read_wants_write_);
+  }
+
+  // plaintext -> TLS. Returns false once the relay has finished.
+  bool PumpUp(SSL* ssl, bool& progress) {
+    if (!up_.empty()) {
+      ERR_clear_error();
+      write_blocked_ = write_wants_read_ = false;
+      const int n = SSL_write(ssl, up_.data.get() + up_.begin, static_cast<int>(up_.size()));
+      if (n > 0) {
+        up_.Consume(static_cast<size_t>(n));
+        stats_.bytes_to_tunnel += static_cast<uint64_t>(n);
+        progress = true;
+        return true;
+      }
+      return HandleSslError(ssl, n, write_blocked_, write_wants_read_);
+    }
+    if (!up_eof_) {
+      const ssize_t n = ::recv(plaintext_fd(), up_.data.get(), kBufferSize, MSG_DONTWAIT);
+      if (n > 0) {
+        up_.end = static_cast<size_t>(n);
+        progress = true;
+      } else if (n == 0) {
+        up_eof_ = true;
+        progress = true;
+      } else if (errno != EAGAIN && errno != EINTR) {
+        return FailPlaintext(errno, "plaintext read");
+      }
+      return true;
+    }
+    if (!up_closed_) {
+      ERR_clear_error();
+      write_blocked_ = write_wants_read_ = false;
+      const int rc = SSL_shutdown(ssl);  // sends close_notify; reading continues (TLS 1.3)
+      if (rc < 0) return HandleSslError(ssl, rc, write_blocked_, write_wants_read_);
+      ::shutdown(tunnel_fd(), SHUT_WR);
+      up_closed_ = true;
+      progress = true;
+    }
+    return true;
+  }
+
+  // TLS -> plaintext. Returns false once the relay has finished.
+  bool PumpDown(SSL* ssl, bool& progress) {
+    if (!down_.empty()) {
+      const ssize_t n = ::send(plaintext_fd(), down_.data.get() + down_.begin, down_.size(),
+                               MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n > 0) {
+        down_.Consume(static_cast<size_t>(n));
+        stats_.bytes_from_tunnel += static_cast<uint64_t>(n);
+        progress = true;
+      } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+        return FailPlaintext(errno, "plaintext write");
+      }
+      return true;
+    }
+    if (!down_eof_) {
+      ERR_clear_error();
+      read_wants_write_ = false;
+      bool wants_read = false;
+      const int n = SSL_read(ssl, down_.data.get(), static_cast<int>(kBufferSize));
+      if (n > 0) {
+        down_.end = static_cast<size_t>(n);
+        progress = true;
+        return true;
+      }
+      if (SSL_get_error(ssl, n) == SSL_ERROR_ZERO_RETURN) {
+        down_eof_ = true;  // close_notify: the peer finished sending
+        progress = true;
+        return true;
+      }
+      return HandleSslError(ssl, n, wants_read, read_wants_write_);
+    }
+    if (!down_closed_) {
+      ::shutdown(plaintext_fd(), SHUT_WR);
+      down_closed_ = true;
+      progress = true;
+    }
+    return true;
+  }
+
+  // Records which readiness OpenSSL waits for, or finishes the relay on a real error.
+  bool HandleSslError(SSL* ssl, int rc, bool& wants_write, bool& wants_read) {
+    const int saved_errno = errno;
+    const int error = SSL_get_error(ssl, rc);
+    if (error == SSL_ERROR_WANT_WRITE) {
+      wants_write = true;
+      return true;
+    }
+    if (error == SSL_ERROR_WANT_READ) {
+      wants_read = true;
+      return true;
+    }
+    const unsigned long first = ERR_peek_error();
+    std::string detail = DrainOpenSslErrors();
+    if (error == SSL_ERROR_SYSCALL && first == 0) {
+      if (saved_errno == 0) {
+        Finish(FailureReason::kTruncated, "tunnel closed without close_notify");
+      } else {
+        Finish(saved_errno == ECONNRESET || saved_errno == EPIPE ? FailureReason::kPeerReset
+                                                                 : FailureReason::kIoError,
+               StrCat("tunnel: ", std::strerror(saved_errno)));
+      }
+      return false;
+    }
+    Finish(FailureFromOpenSslReason(ERR_GET_REASON(first)), detail);
+    return false;
+  }
+
+  bool FailPlaintext(int saved_errno, const char* what) {
+    Finish(saved_errno == ECONNRESET || saved_errno == EPIPE ? FailureReason::kPeerReset
+                                                             : FailureReason::kIoError,
+           StrCat(what, ": ", std::strerror(saved_errno)));
+    return false;
+  }
+
+  Buffer up_;    // plaintext read, not yet accepted by SSL_write
+  Buffer down_;  // decrypted, not yet written to the plaintext socket
+  bool up_eof_ = false;      // the plaintext side sent FIN
+  bool up_closed_ = false;   // close_notify and FIN sent on the tunnel
+  bool down_eof_ = false;    // close_notify received
+  bool down_closed_ = false; // FIN sent on the plaintext side
+  bool write_blocked_ = false;
+  bool write_wants_read_ = false;
+  bool read_wants_write_ = false;
+};
+
+}  // namespace
+
+std::shared_ptr<Relay> MakeUserspaceRelay(EventLoop& loop, UniqueFd plaintext,
+                                          std::unique_ptr<TlsSession> tunnel,
+                                          Relay::CloseCallback on_close) {
+  return std::make_shared<UserspaceRelay>(loop, std::move(plaintext), std::move(tunnel),
+                                          std::move(on_close));
+}
+
+}  // namespace meshtls::tls
