@@ -172,3 +172,60 @@ tls::SslPtr RawHandshake(SSL_CTX* ctx, int fd, bool client, std::string* error) 
 }
 
 }  // namespace meshtls::testing
+
+#include "meshtls/tls/ktls.h"
+
+namespace meshtls::testing {
+
+RelayPair StartRelayPair(LoopThread& loop, tls::Datapath datapath) {
+  RelayPair pair;
+  auto [app_client, client_plain] = TcpPair();
+  auto [server_plain, app_server] = TcpPair();
+  pair.app_client = std::move(app_client);
+  pair.app_server = std::move(app_server);
+  tls::SessionOptions client_options;
+  client_options.expected_peer = *SpiffeId::Parse("spiffe://cluster.local/ns/default/sa/server");
+  tls::SessionOptions server_options;
+  client_options.capture_traffic_secrets = server_options.capture_traffic_secrets =
+      datapath == tls::Datapath::kKtlsSplice;
+  HandshakeOutcome hs = Handshake(loop, Context("client"), Context("server"), client_options,
+                                  server_options);
+  if (!hs.client->handshake_done() || !hs.server->handshake_done()) {
+    throw std::runtime_error("relay pair handshake failed: " + hs.client->failure_detail() +
+                             " / " + hs.server->failure_detail());
+  }
+  auto client_promise = std::make_shared<std::promise<tls::RelayResult>>();
+  auto server_promise = std::make_shared<std::promise<tls::RelayResult>>();
+  pair.client_result = client_promise->get_future();
+  pair.server_result = server_promise->get_future();
+  std::string error;
+  loop.Run([&] {
+    auto c = tls::Relay::Start(loop.loop(), std::move(client_plain), std::move(hs.client), datapath,
+                               tls::RelayOptions{},
+                               [client_promise](const tls::RelayResult& r) { client_promise->set_value(r); });
+    auto s = tls::Relay::Start(loop.loop(), std::move(server_plain), std::move(hs.server), datapath,
+                               tls::RelayOptions{},
+                               [server_promise](const tls::RelayResult& r) { server_promise->set_value(r); });
+    if (!c.ok()) error += std::string(c.status().message());
+    if (!s.ok()) error += std::string(s.status().message());
+    if (c.ok()) pair.client_relay = *c;
+    if (s.ok()) pair.server_relay = *s;
+  });
+  if (!error.empty()) throw std::runtime_error("relay start failed: " + error);
+  return pair;
+}
+
+bool RequireDatapath(tls::Datapath datapath) {
+  if (datapath != tls::Datapath::kKtlsSplice) return true;
+  static const tls::KtlsSupport support = tls::ProbeKtls();
+  if (support.available) return true;
+  if (KtlsRequired()) {
+    ADD_FAILURE() << "MESHTLS_REQUIRE_KTLS=1 but " << support.detail;
+    return false;
+  }
+  std::cerr << "\n*** SKIPPING ktls-splice on this kernel: " << support.detail
+            << "\n*** The same test runs in the VM harness (tests/vm) on Debian's kernels.\n";
+  return false;
+}
+
+}  // namespace meshtls::testing

@@ -72,3 +72,27 @@ tls::SslCtxPtr RawContext(const RawPeerOptions& options);
 tls::SslPtr RawHandshake(SSL_CTX* ctx, int fd, bool client, std::string* error = nullptr);
 
 }  // namespace meshtls::testing
+
+#include <future>
+
+#include "meshtls/tls/relay.h"
+
+namespace meshtls::testing {
+
+// app_client <-> [client relay] <== TLS over loopback ==> [server relay] <-> app_server.
+// The test drives the two app sockets (blocking); both relays run on the loop thread.
+struct RelayPair {
+  UniqueFd app_client;
+  UniqueFd app_server;
+  std::future<tls::RelayResult> client_result;
+  std::future<tls::RelayResult> server_result;
+  std::shared_ptr<tls::Relay> client_relay;
+  std::shared_ptr<tls::Relay> server_relay;
+};
+RelayPair StartRelayPair(LoopThread& loop, tls::Datapath datapath);
+
+// Skips (loudly) when the kernel lacks kTLS, unless MESHTLS_REQUIRE_KTLS=1 makes that a failure.
+// Returns false if the caller must return.
+bool RequireDatapath(tls::Datapath datapath);
+
+}  // namespace meshtls::testing
