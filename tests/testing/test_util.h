@@ -34,6 +34,8 @@ class LoopThread {
   ~LoopThread();
   EventLoop& loop() { return *loop_; }
   void Run(const std::function<void()>& task);
+  // CPU time the loop thread has used so far.
+  double CpuSeconds();
 
  private:
   std::unique_ptr<EventLoop> loop_;
@@ -90,6 +92,8 @@ struct RelayPair {
   std::shared_ptr<tls::Relay> server_relay;
 };
 RelayPair StartRelayPair(LoopThread& loop, tls::Datapath datapath);
+// The same with each relay on its own loop thread (as two agents would be).
+RelayPair StartRelayPair(LoopThread& client_loop, LoopThread& server_loop, tls::Datapath datapath);
 
 // Skips (loudly) when the kernel lacks kTLS, unless MESHTLS_REQUIRE_KTLS=1 makes that a failure.
 // Returns false if the caller must return.

@@ -1,0 +1,153 @@
+// make bench-tls: handshake rate and relay throughput, written as one JSON object.
+//   bench_tls --handshakes N --bytes B --datapath ktls-splice|userspace-tls --label TEXT --out FILE
+// Not a test: it asserts nothing about speed. Targets live in tests/bench/README.md.
+#include <sys/socket.h>
+#include <sys/utsname.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "meshtls/tls/ktls.h"
+#include "meshtls/tls/relay.h"
+#include "spdlog/spdlog.h"
+#include "testing/test_util.h"
+
+namespace {
+
+using namespace meshtls;
+using Clock = std::chrono::steady_clock;
+
+double ThreadCpu() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+// Full mutual handshakes, both ends in this thread over a socketpair: the engine's real code path
+// (TlsContext, TlsSession, verification with SPIFFE checks), no event loop, one core.
+double HandshakesPerSecond(int count, double* cpu_seconds) {
+  auto client_ctx = testing::Context("client");
+  auto server_ctx = testing::Context("server");
+  tls::SessionOptions client_options;
+  client_options.role = tls::Role::kClient;
+  client_options.expected_peer = *SpiffeId::Parse("spiffe://cluster.local/ns/default/sa/server");
+  tls::SessionOptions server_options;
+  server_options.role = tls::Role::kServer;
+  const double cpu0 = ThreadCpu();
+  const auto t0 = Clock::now();
+  for (int i = 0; i < count; ++i) {
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) return 0;
+    auto client = tls::TlsSession::Create(client_ctx, UniqueFd(fds[0]), client_options);
+    auto server = tls::TlsSession::Create(server_ctx, UniqueFd(fds[1]), server_options);
+    bool client_done = false, server_done = false;
+    for (int step = 0; step < 32 && !(client_done && server_done); ++step) {
+      if (!client_done) {
+        auto p = (*client)->Advance();
+        if (p == tls::HandshakeProgress::kFailed) return 0;
+        client_done = p == tls::HandshakeProgress::kDone;
+      }
+      if (!server_done) {
+        auto p = (*server)->Advance();
+        if (p == tls::HandshakeProgress::kFailed) return 0;
+        server_done = p == tls::HandshakeProgress::kDone;
+      }
+    }
+    if (!client_done || !server_done) return 0;
+  }
+  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  *cpu_seconds = ThreadCpu() - cpu0;
+  return count / seconds;
+}
+
+struct RelayFigures {
+  double gbit_per_s = 0;
+  double relay_cpu_s_per_gb = 0;  // both relay ends together, loop threads only
+  bool ok = false;
+  std::string error;
+};
+
+RelayFigures RelayThroughput(tls::Datapath datapath, uint64_t bytes) {
+  RelayFigures figures;
+  testing::LoopThread client_loop, server_loop;
+  testing::RelayPair pair = testing::StartRelayPair(client_loop, server_loop, datapath);
+  const double cpu0 = client_loop.CpuSeconds() + server_loop.CpuSeconds();
+  const auto t0 = Clock::now();
+  std::thread writer([&] {
+    std::vector<char> buf(256 * 1024, 'x');
+    uint64_t sent = 0;
+    while (sent < bytes) {
+      const ssize_t n = ::send(pair.app_client.get(), buf.data(),
+                               std::min<uint64_t>(buf.size(), bytes - sent), MSG_NOSIGNAL);
+      if (n <= 0) break;
+      sent += static_cast<uint64_t>(n);
+    }
+    ::shutdown(pair.app_client.get(), SHUT_WR);
+  });
+  std::vector<char> buf(256 * 1024);
+  uint64_t received = 0;
+  for (ssize_t n; (n = ::recv(pair.app_server.get(), buf.data(), buf.size(), 0)) > 0;) {
+    received += static_cast<uint64_t>(n);
+  }
+  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  writer.join();
+  const double cpu = client_loop.CpuSeconds() + server_loop.CpuSeconds() - cpu0;
+  ::shutdown(pair.app_server.get(), SHUT_WR);
+  const tls::RelayResult result = pair.client_result.get();
+  figures.ok = received == bytes && result.reason == tls::FailureReason::kNone;
+  if (!figures.ok) figures.error = "received " + std::to_string(received) + " of " + std::to_string(bytes);
+  figures.gbit_per_s = static_cast<double>(received) * 8 / seconds / 1e9;
+  figures.relay_cpu_s_per_gb = cpu / (static_cast<double>(received) / 1e9);
+  return figures;
+}
+
+std::string Arg(int argc, char** argv, const std::string& name, const std::string& fallback) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (argv[i] == name) return argv[i + 1];
+  }
+  return fallback;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  spdlog::set_level(spdlog::level::warn);
+  const int handshakes = std::stoi(Arg(argc, argv, "--handshakes", "3000"));
+  const uint64_t bytes = std::stoull(Arg(argc, argv, "--bytes", std::to_string(4ULL << 30)));
+  const std::string datapath_name = Arg(argc, argv, "--datapath", "userspace-tls");
+  const std::string label = Arg(argc, argv, "--label", "host");
+  const std::string out = Arg(argc, argv, "--out", "");
+  auto datapath = tls::ParseDatapath(datapath_name);
+  if (!datapath.ok()) {
+    fprintf(stderr, "bench_tls: %s\n", std::string(datapath.status().message()).c_str());
+    return 2;
+  }
+  if (*datapath == tls::Datapath::kKtlsSplice && !tls::ProbeKtls().available) {
+    fprintf(stderr, "bench_tls: %s\n", tls::ProbeKtls().detail.c_str());
+    return 3;
+  }
+  utsname uts{};
+  uname(&uts);
+  double hs_cpu = 0;
+  const double hs_rate = handshakes > 0 ? HandshakesPerSecond(handshakes, &hs_cpu) : 0;
+  const RelayFigures relay = RelayThroughput(*datapath, bytes);
+  char json[2048];
+  snprintf(json, sizeof(json),
+           "{\"label\": \"%s\", \"kernel\": \"%s\", \"datapath\": \"%s\", "
+           "\"handshakes\": %d, \"handshakes_per_second_one_core\": %.1f, "
+           "\"handshake_cpu_ms_each_both_ends\": %.3f, \"relay_bytes\": %llu, "
+           "\"relay_gbit_per_s\": %.3f, \"relay_cpu_s_per_gb_both_ends\": %.3f, "
+           "\"relay_ok\": %s, \"relay_error\": \"%s\"}",
+           label.c_str(), uts.release, datapath_name.c_str(), handshakes, hs_rate,
+           handshakes > 0 ? hs_cpu * 1000 / handshakes : 0.0, static_cast<unsigned long long>(bytes),
+           relay.gbit_per_s, relay.relay_cpu_s_per_gb, relay.ok ? "true" : "false",
+           relay.error.c_str());
+  printf("%s\n", json);
+  if (!out.empty()) std::ofstream(out) << json << "\n";
+  return relay.ok && (handshakes == 0 || hs_rate > 0) ? 0 : 1;
+}
