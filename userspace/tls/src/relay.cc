@@ -1,6 +1,9 @@
 #include "meshtls/tls/relay.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
+
+#include <cerrno>
 
 #include "meshtls/common/strings.h"
 #include "meshtls/common/status.h"
@@ -39,6 +42,11 @@ absl::StatusOr<std::shared_ptr<Relay>> Relay::Start(EventLoop& loop, UniqueFd pl
   if (!plaintext) return absl::InvalidArgumentError("relay needs a plaintext socket");
   if (!tunnel || !tunnel->handshake_done()) {
     return absl::FailedPreconditionError("relay needs a tunnel whose handshake is done");
+  }
+  // splice() honours only the socket's own O_NONBLOCK (SPLICE_F_NONBLOCK covers the pipe).
+  const int flags = ::fcntl(plaintext.get(), F_GETFL);
+  if (flags < 0 || ::fcntl(plaintext.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
+    return ErrnoStatus(errno, "fcntl(O_NONBLOCK) on the plaintext socket");
   }
   std::shared_ptr<Relay> relay =
       datapath == Datapath::kKtlsSplice
