@@ -53,8 +53,8 @@ absl::StatusOr<std::shared_ptr<Relay>> Relay::Start(EventLoop& loop, UniqueFd pl
           ? MakeSpliceRelay(loop, std::move(plaintext), std::move(tunnel), std::move(on_close))
           : MakeUserspaceRelay(loop, std::move(plaintext), std::move(tunnel), std::move(on_close));
   RETURN_IF_ERROR(relay->Init(options));
-  // Bytes may already be waiting (a client's first flight): move them now. Pump() registers
-  // the interest it needs; the loop's watches then keep the relay alive.
+  RETURN_IF_ERROR(relay->Register());
+  // Bytes may already be waiting (a client's first flight): move them now.
   relay->Pump();
   return relay;
 }
@@ -69,44 +69,35 @@ Relay::Relay(EventLoop& loop, UniqueFd plaintext, std::unique_ptr<TlsSession> tu
       started_(std::chrono::steady_clock::now()) {}
 
 Relay::~Relay() {
-  if (plaintext_events_ != 0) loop_.Remove(plaintext_.get());
-  if (tunnel_events_ != 0 && tunnel_->fd() >= 0) loop_.Remove(tunnel_->fd());
+  if (registered_) {
+    loop_.Remove(plaintext_.get());
+    if (tunnel_->fd() >= 0) loop_.Remove(tunnel_->fd());
+  }
 }
 
-absl::Status Relay::ApplyInterest(int fd, uint32_t wanted, uint32_t& current) {
-  if (wanted == current) return absl::OkStatus();
-  if (wanted == 0) {
-    loop_.Remove(fd);
-  } else if (current == 0) {
-    // A strong reference in the watch keeps the relay alive while the loop may call it.
-    RETURN_IF_ERROR(loop_.Add(fd, wanted, [self = shared_from_this()](uint32_t events) {
-      self->OnEvent(events);
-    }));
-  } else {
-    RETURN_IF_ERROR(loop_.Modify(fd, wanted));
+absl::Status Relay::Register() {
+  constexpr uint32_t kEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  // The watches hold strong references: a running relay lives as long as the loop may call it.
+  auto self = shared_from_this();
+  RETURN_IF_ERROR(loop_.Add(plaintext_.get(), kEvents,
+                            [self](uint32_t events) { self->OnEvent(true, events); }));
+  if (absl::Status st = loop_.Add(tunnel_->fd(), kEvents,
+                                  [self](uint32_t events) { self->OnEvent(false, events); });
+      !st.ok()) {
+    loop_.Remove(plaintext_.get());
+    return st;
   }
-  current = wanted;
+  registered_ = true;
   return absl::OkStatus();
 }
 
-void Relay::SetInterest(bool plaintext_in, bool plaintext_out, bool tunnel_in, bool tunnel_out) {
+void Relay::OnEvent(bool plaintext, uint32_t events) {
   if (closed_) return;
-  const uint32_t p = (plaintext_in ? EPOLLIN : 0u) | (plaintext_out ? EPOLLOUT : 0u);
-  const uint32_t t = (tunnel_in ? EPOLLIN : 0u) | (tunnel_out ? EPOLLOUT : 0u);
-  absl::Status st = ApplyInterest(plaintext_.get(), p, plaintext_events_);
-  if (st.ok()) st = ApplyInterest(tunnel_->fd(), t, tunnel_events_);
-  if (!st.ok()) {
-    Finish(FailureReason::kInternal, std::string(st.message()));
-    return;
-  }
-  if (p == 0 && t == 0) {
-    // Nothing to wait for and not finished would hang the connection forever.
-    Finish(FailureReason::kInternal, "relay stalled with no readiness to wait for");
-  }
-}
-
-void Relay::OnEvent(uint32_t /*events*/) {
-  if (!closed_) Pump();
+  // Errors and hang-ups make both directions worth trying: the next operation reports them.
+  const bool problem = events & (EPOLLERR | EPOLLHUP);
+  if (events & (EPOLLIN | EPOLLRDHUP) || problem) (plaintext ? plaintext_readable_ : tunnel_readable_) = true;
+  if (events & EPOLLOUT || problem) (plaintext ? plaintext_writable_ : tunnel_writable_) = true;
+  Pump();
 }
 
 void Relay::Abort(FailureReason reason, std::string detail) { Finish(reason, std::move(detail)); }
@@ -115,9 +106,11 @@ void Relay::Finish(FailureReason reason, std::string detail) {
   if (closed_) return;
   closed_ = true;
   auto keep_alive = shared_from_this();  // the watches may hold the last references
-  if (plaintext_events_ != 0) loop_.Remove(plaintext_.get());
-  if (tunnel_events_ != 0) loop_.Remove(tunnel_->fd());
-  plaintext_events_ = tunnel_events_ = 0;
+  if (registered_) {
+    loop_.Remove(plaintext_.get());
+    loop_.Remove(tunnel_->fd());
+    registered_ = false;
+  }
   const bool failed = reason != FailureReason::kNone;
   if (failed && plaintext_) {
     const linger abort_on_close{1, 0};

@@ -79,20 +79,13 @@ class SpliceRelay final : public Relay {
       if (!PumpUp(progress) || !PumpDown(progress)) return;
       if (!progress) break;
     }
-    if (closed_) return;
-    if (up_closed_ && down_closed_) {
-      Finish(FailureReason::kNone, "");
-      return;
-    }
-    SetInterest(/*plaintext_in=*/!up_eof_ && up_.fill < up_.capacity,
-                /*plaintext_out=*/plaintext_blocked_,
-                /*tunnel_in=*/!down_eof_ && down_.fill < down_.capacity && stray_.empty(),
-                /*tunnel_out=*/tunnel_blocked_);
+    if (!closed_ && up_closed_ && down_closed_) Finish(FailureReason::kNone, "");
   }
 
   // plaintext -> pipe -> kTLS socket (the kernel encrypts).
   bool PumpUp(bool& progress) {
-    if (!up_eof_ && up_.fill < up_.capacity) {
+    if (!up_eof_ && up_.fill < up_.capacity && plaintext_readable_) {
+      // The pipe has room, so EAGAIN means the socket is empty.
       const ssize_t n = ::splice(plaintext_fd(), nullptr, up_.write_end.get(), nullptr,
                                  up_.capacity - up_.fill, kSpliceFlags);
       if (n > 0) {
@@ -101,11 +94,13 @@ class SpliceRelay final : public Relay {
       } else if (n == 0) {
         up_eof_ = true;
         progress = true;
-      } else if (errno != EAGAIN && errno != EINTR) {
+      } else if (errno == EAGAIN) {
+        plaintext_readable_ = false;
+      } else if (errno != EINTR) {
         return Fail(errno, "plaintext read");
       }
     }
-    tunnel_blocked_ = false;
+    if (!tunnel_writable_) return true;
     if (up_.fill > 0) {
       const ssize_t n =
           ::splice(up_.read_end.get(), nullptr, tunnel_fd(), nullptr, up_.fill, kSpliceFlags);
@@ -114,14 +109,14 @@ class SpliceRelay final : public Relay {
         stats_.bytes_to_tunnel += static_cast<uint64_t>(n);
         progress = true;
       } else if (n < 0 && errno == EAGAIN) {
-        tunnel_blocked_ = true;
+        tunnel_writable_ = false;
       } else if (n < 0 && errno != EINTR) {
         return Fail(errno, "tunnel write");
       }
     } else if (up_eof_ && !up_closed_) {
       if (KtlsSendCloseNotify(tunnel_fd()) < 0) {
         if (errno == EAGAIN) {
-          tunnel_blocked_ = true;
+          tunnel_writable_ = false;
           return true;
         }
         return Fail(errno, "tunnel close_notify");
@@ -135,21 +130,21 @@ class SpliceRelay final : public Relay {
 
   // kTLS socket (the kernel decrypts) -> pipe -> plaintext.
   bool PumpDown(bool& progress) {
-    plaintext_blocked_ = false;
     if (!stray_.empty()) {
+      if (!plaintext_writable_) return true;
       const ssize_t n = ::send(plaintext_fd(), stray_.data(), stray_.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
       if (n > 0) {
         stray_.erase(stray_.begin(), stray_.begin() + n);
         stats_.bytes_from_tunnel += static_cast<uint64_t>(n);
         progress = true;
       } else if (n < 0 && errno == EAGAIN) {
-        plaintext_blocked_ = true;
+        plaintext_writable_ = false;
       } else if (n < 0 && errno != EINTR) {
         return Fail(errno, "plaintext write");
       }
       return true;
     }
-    if (!down_eof_ && down_.fill < down_.capacity) {
+    if (!down_eof_ && down_.fill < down_.capacity && tunnel_readable_) {
       const ssize_t n = ::splice(tunnel_fd(), nullptr, down_.write_end.get(), nullptr,
                                  down_.capacity - down_.fill, kSpliceFlags);
       if (n > 0) {
@@ -165,11 +160,14 @@ class SpliceRelay final : public Relay {
       } else if (errno == EBADMSG) {
         Finish(FailureReason::kDecryptError, "a tunnel record failed authentication");
         return false;
-      } else if (errno != EAGAIN && errno != EINTR) {
+      } else if (errno == EAGAIN) {
+        tunnel_readable_ = false;
+      } else if (errno != EINTR) {
         return Fail(errno, "tunnel read");
       }
     }
     if (down_.fill > 0) {
+      if (!plaintext_writable_) return true;
       const ssize_t n =
           ::splice(down_.read_end.get(), nullptr, plaintext_fd(), nullptr, down_.fill, kSpliceFlags);
       if (n > 0) {
@@ -177,7 +175,7 @@ class SpliceRelay final : public Relay {
         stats_.bytes_from_tunnel += static_cast<uint64_t>(n);
         progress = true;
       } else if (n < 0 && errno == EAGAIN) {
-        plaintext_blocked_ = true;
+        plaintext_writable_ = false;
       } else if (n < 0 && errno != EINTR) {
         return Fail(errno, "plaintext write");
       }
@@ -194,6 +192,7 @@ class SpliceRelay final : public Relay {
     uint8_t type = 0;
     const ssize_t n = KtlsReceive(tunnel_fd(), buffer, sizeof(buffer), &type);
     if (n < 0) {
+      if (errno == EAGAIN) tunnel_readable_ = false;
       if (errno == EAGAIN || errno == EINTR) return true;
       if (errno == EBADMSG) {
         Finish(FailureReason::kDecryptError, "a tunnel record failed authentication");
@@ -247,8 +246,6 @@ class SpliceRelay final : public Relay {
   bool up_closed_ = false;
   bool down_eof_ = false;
   bool down_closed_ = false;
-  bool tunnel_blocked_ = false;
-  bool plaintext_blocked_ = false;
 };
 
 }  // namespace

@@ -83,22 +83,14 @@ class UserspaceRelay final : public Relay {
       if (!PumpUp(ssl, progress) || !PumpDown(ssl, progress)) return;
       if (!progress) break;
     }
-    if (closed_) return;
-    if (up_closed_ && down_closed_) {
-      Finish(FailureReason::kNone, "");
-      return;
-    }
-    SetInterest(/*plaintext_in=*/!up_eof_ && up_.empty(),
-                /*plaintext_out=*/!down_.empty(),
-                /*tunnel_in=*/(!down_eof_ && down_.space() >= 16 * 1024) || write_wants_read_,
-                /*tunnel_out=*/write_blocked_ || read_wants_write_);
+    if (!closed_ && up_closed_ && down_closed_) Finish(FailureReason::kNone, "");
   }
 
   // plaintext -> TLS. Returns false once the relay has finished.
   bool PumpUp(SSL* ssl, bool& progress) {
     if (!up_.empty()) {
+      if (!tunnel_writable_) return true;
       ERR_clear_error();
-      write_blocked_ = write_wants_read_ = false;
       const int n = SSL_write(ssl, up_.data.get() + up_.begin, static_cast<int>(up_.size()));
       if (n > 0) {
         up_.Consume(static_cast<size_t>(n));
@@ -106,9 +98,10 @@ class UserspaceRelay final : public Relay {
         progress = true;
         return true;
       }
-      return HandleSslError(ssl, n, write_blocked_, write_wants_read_);
+      return HandleSslError(ssl, n);
     }
     if (!up_eof_) {
+      if (!plaintext_readable_) return true;
       const ssize_t n = ::recv(plaintext_fd(), up_.write_ptr(), up_.space(), MSG_DONTWAIT);
       if (n > 0) {
         up_.end += static_cast<size_t>(n);
@@ -120,16 +113,17 @@ class UserspaceRelay final : public Relay {
       if (n == 0) {
         up_eof_ = true;
         progress = true;
-      } else if (saved_errno != EAGAIN && saved_errno != EINTR) {
+      } else if (saved_errno == EAGAIN) {
+        plaintext_readable_ = false;
+      } else if (saved_errno != EINTR) {
         return FailPlaintext(saved_errno, "plaintext read");
       }
       return true;
     }
-    if (!up_closed_) {
+    if (!up_closed_ && tunnel_writable_) {
       ERR_clear_error();
-      write_blocked_ = write_wants_read_ = false;
       const int rc = SSL_shutdown(ssl);  // sends close_notify; reading continues (TLS 1.3)
-      if (rc < 0) return HandleSslError(ssl, rc, write_blocked_, write_wants_read_);
+      if (rc < 0) return HandleSslError(ssl, rc);
       ::shutdown(tunnel_fd(), SHUT_WR);
       up_closed_ = true;
       progress = true;
@@ -140,10 +134,9 @@ class UserspaceRelay final : public Relay {
   // TLS -> plaintext. Returns false once the relay has finished.
   bool PumpDown(SSL* ssl, bool& progress) {
     // Decrypt as many records as fit before writing, so one send() carries several records.
-    if (!down_eof_ && down_.space() >= 16 * 1024) {
+    // With read-ahead OpenSSL may hold whole records the socket no longer reports.
+    if (!down_eof_ && down_.space() >= 16 * 1024 && (tunnel_readable_ || SSL_has_pending(ssl))) {
       ERR_clear_error();
-      read_wants_write_ = false;
-      bool wants_read = false;
       const int n = SSL_read(ssl, down_.write_ptr(), static_cast<int>(down_.space()));
       if (n > 0) {
         down_.end += static_cast<size_t>(n);
@@ -156,16 +149,19 @@ class UserspaceRelay final : public Relay {
         progress = true;
         return true;
       }
-      if (!HandleSslError(ssl, n, wants_read, read_wants_write_)) return false;
+      if (!HandleSslError(ssl, n)) return false;
     }
     if (!down_.empty()) {
+      if (!plaintext_writable_) return true;
       const ssize_t n = ::send(plaintext_fd(), down_.data.get() + down_.begin, down_.size(),
                                MSG_DONTWAIT | MSG_NOSIGNAL);
       if (n > 0) {
         down_.Consume(static_cast<size_t>(n));
         stats_.bytes_from_tunnel += static_cast<uint64_t>(n);
         progress = true;
-      } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+      } else if (n < 0 && errno == EAGAIN) {
+        plaintext_writable_ = false;
+      } else if (n < 0 && errno != EINTR) {
         return FailPlaintext(errno, "plaintext write");
       }
       return true;
@@ -178,16 +174,16 @@ class UserspaceRelay final : public Relay {
     return true;
   }
 
-  // Records which readiness OpenSSL waits for, or finishes the relay on a real error.
-  bool HandleSslError(SSL* ssl, int rc, bool& wants_write, bool& wants_read) {
+  // Notes which readiness OpenSSL waits for, or finishes the relay on a real error.
+  bool HandleSslError(SSL* ssl, int rc) {
     const int saved_errno = errno;
     const int error = SSL_get_error(ssl, rc);
     if (error == SSL_ERROR_WANT_WRITE) {
-      wants_write = true;
+      tunnel_writable_ = false;
       return true;
     }
     if (error == SSL_ERROR_WANT_READ) {
-      wants_read = true;
+      tunnel_readable_ = false;
       return true;
     }
     const unsigned long first = ERR_peek_error();
@@ -219,9 +215,6 @@ class UserspaceRelay final : public Relay {
   bool up_closed_ = false;   // close_notify and FIN sent on the tunnel
   bool down_eof_ = false;    // close_notify received
   bool down_closed_ = false; // FIN sent on the plaintext side
-  bool write_blocked_ = false;
-  bool write_wants_read_ = false;
-  bool read_wants_write_ = false;
 };
 
 }  // namespace

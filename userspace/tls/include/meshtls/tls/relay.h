@@ -72,12 +72,21 @@ class Relay : public std::enable_shared_from_this<Relay> {
         CloseCallback on_close);
 
   virtual absl::Status Init(const RelayOptions& options) = 0;
-  // Moves as many bytes as possible without blocking, then re-arms interest.
+  // Moves as many bytes as possible without blocking: it tries an operation only while the
+  // socket is believed ready, and clears that belief when the operation would block.
   virtual void Pump() = 0;
 
+  // Watches both sockets edge-triggered for reading and writing, once: no epoll_ctl per
+  // direction change, and no read attempted on a socket that has nothing (those were most of
+  // the system calls of a level-triggered relay).
   absl::Status Register();
-  void SetInterest(bool plaintext_in, bool plaintext_out, bool tunnel_in, bool tunnel_out);
   void Finish(FailureReason reason, std::string detail);
+
+  // Readiness as last reported by epoll, cleared when an operation returns EAGAIN.
+  bool plaintext_readable_ = true;
+  bool plaintext_writable_ = true;
+  bool tunnel_readable_ = true;
+  bool tunnel_writable_ = true;
 
   int plaintext_fd() const { return plaintext_.get(); }
   int tunnel_fd() const { return tunnel_->fd(); }
@@ -90,15 +99,11 @@ class Relay : public std::enable_shared_from_this<Relay> {
   bool closed_ = false;
 
  private:
-  void OnEvent(uint32_t events);
-  absl::Status ApplyInterest(int fd, uint32_t wanted, uint32_t& current);
+  void OnEvent(bool plaintext, uint32_t events);
 
   CloseCallback on_close_;
   std::chrono::steady_clock::time_point started_;
-  // Interest currently registered per socket; 0 means not in the epoll set at all, so that a
-  // hung-up socket nobody waits on cannot make the loop spin.
-  uint32_t plaintext_events_ = 0;
-  uint32_t tunnel_events_ = 0;
+  bool registered_ = false;
 };
 
 }  // namespace meshtls::tls
