@@ -248,10 +248,11 @@ int Run(const Options& options) {
     if (id.ok()) ctx_options.trust_domain = id->trust_domain();
   }
   if (ctx_options.trust_domain.empty()) ctx_options.trust_domain = "cluster.local";
-  auto context = tls::TlsContext::Create(ctx_options);
-  if (!context.ok()) return fail(context.status());
   auto datapath = ChooseDatapath(options.datapath);
   if (!datapath.ok()) return fail(datapath.status());
+  ctx_options.export_traffic_secrets = *datapath == tls::Datapath::kKtlsSplice;
+  auto context = tls::TlsContext::Create(ctx_options);
+  if (!context.ok()) return fail(context.status());
   auto loop = EventLoop::Create();
   if (!loop.ok()) return fail(loop.status());
   ::signal(SIGPIPE, SIG_IGN);

@@ -34,8 +34,9 @@ double ThreadCpu() {
 // Full mutual handshakes, both ends in this thread over a socketpair: the engine's real code path
 // (TlsContext, TlsSession, verification with SPIFFE checks), no event loop, one core.
 double HandshakesPerSecond(int count, double* cpu_seconds) {
-  auto client_ctx = testing::Context("client");
-  auto server_ctx = testing::Context("server");
+  // As the agent builds them for userspace-tls: no traffic-secret export.
+  auto client_ctx = testing::Context("client", "bundle.crt", false);
+  auto server_ctx = testing::Context("server", "bundle.crt", false);
   tls::SessionOptions client_options;
   client_options.role = tls::Role::kClient;
   client_options.expected_peer = *SpiffeId::Parse("spiffe://cluster.local/ns/default/sa/server");

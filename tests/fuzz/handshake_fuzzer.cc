@@ -29,6 +29,7 @@ std::shared_ptr<const meshtls::tls::TlsContext> MakeContext(const char* name) {
   options.private_key_pem = Read(dir + "/" + name + ".key");
   options.trust_bundle_pem = Read(dir + "/bundle.crt");
   options.trust_domain = "cluster.local";
+  options.export_traffic_secrets = true;
   auto ctx = meshtls::tls::TlsContext::Create(options);
   if (!ctx.ok()) {
     fprintf(stderr, "fuzzer setup: %s\n", std::string(ctx.status().message()).c_str());

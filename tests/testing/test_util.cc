@@ -34,11 +34,14 @@ tls::TlsContextOptions Credentials(const std::string& name, const std::string& b
   options.private_key_pem = ReadFile(CertPath(name + ".key"));
   options.trust_bundle_pem = ReadFile(CertPath(bundle));
   options.trust_domain = trust_domain;
+  options.export_traffic_secrets = true;
   return options;
 }
 
-std::shared_ptr<const tls::TlsContext> Context(const std::string& name, const std::string& bundle) {
+std::shared_ptr<const tls::TlsContext> Context(const std::string& name, const std::string& bundle,
+                                               bool export_traffic_secrets) {
   tls::TlsContextOptions options = Credentials(name, bundle);
+  options.export_traffic_secrets = export_traffic_secrets;
   // Certificates whose own SAN is invalid or foreign still need a context to act as a bad peer.
   if (name == "foreign") options.trust_domain = "example.org";
   auto ctx = tls::TlsContext::Create(options);

@@ -21,8 +21,10 @@ std::string CertPath(const std::string& file);
 tls::TlsContextOptions Credentials(const std::string& name,
                                    const std::string& bundle = "bundle.crt",
                                    const std::string& trust_domain = "cluster.local");
+// Test contexts export traffic secrets (kTLS tests need them) unless told otherwise.
 std::shared_ptr<const tls::TlsContext> Context(const std::string& name,
-                                               const std::string& bundle = "bundle.crt");
+                                               const std::string& bundle = "bundle.crt",
+                                               bool export_traffic_secrets = true);
 
 // A connected TCP pair over loopback (first: the connecting side, second: the accepted side).
 std::pair<UniqueFd, UniqueFd> TcpPair();

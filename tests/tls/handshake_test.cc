@@ -1,6 +1,7 @@
 // The handshake engine over real loopback sockets: mutual auth, the bad-certificate matrix with
 // its named reasons (in both roles), ALPN, and hostile input.
 #include <sys/socket.h>
+#include <openssl/x509v3.h>
 #include <unistd.h>
 
 #include <future>
@@ -282,6 +283,66 @@ TEST(HandshakeTest, StalledHandshakesDoNotBlockOthers) {
   for (auto& f : stalled) {
     EXPECT_EQ(f.get()->failure_reason(), FailureReason::kHandshakeTimeout);
   }
+}
+
+}  // namespace
+}  // namespace meshtls::tls
+
+namespace meshtls::tls {
+namespace {
+
+TEST(VerifiedChainCacheTest, SecondHandshakeHitsTheCacheAndStillChecksTheIdentity) {
+  LoopThread loop;
+  auto client_ctx = Context("client");
+  auto server_ctx = Context("server");
+  auto first = meshtls::testing::Handshake(loop, client_ctx, server_ctx, ClientOptions(), ServerOptions());
+  ASSERT_TRUE(first.client->handshake_done());
+  EXPECT_EQ(client_ctx->verified_chains()->misses(), 1u);
+  EXPECT_EQ(client_ctx->verified_chains()->hits(), 0u);
+
+  auto second = meshtls::testing::Handshake(loop, client_ctx, server_ctx, ClientOptions(), ServerOptions());
+  ASSERT_TRUE(second.client->handshake_done());
+  EXPECT_EQ(client_ctx->verified_chains()->hits(), 1u);
+  EXPECT_EQ(*second.client->peer_id(), kServerId);
+
+  // Same chain, now cached, but the caller expects someone else: still refused.
+  auto third = meshtls::testing::Handshake(
+      loop, client_ctx, server_ctx,
+      ClientOptions(*SpiffeId::Parse("spiffe://cluster.local/ns/default/sa/database")), ServerOptions());
+  EXPECT_EQ(third.client->failure_reason(), FailureReason::kIdentityMismatch);
+  EXPECT_EQ(client_ctx->verified_chains()->hits(), 2u);
+}
+
+TEST(VerifiedChainCacheTest, ChainVerifiedForOnePurposeIsNotReusedForTheOther) {
+  // The server's context verified the client's chain as a client; our client context has never
+  // verified that chain as a server certificate, so a hit would be a bug.
+  LoopThread loop;
+  auto ctx = Context("client");
+  auto out = meshtls::testing::Handshake(loop, Context("client"), Context("server"), ClientOptions(), ServerOptions());
+  ASSERT_TRUE(out.server->handshake_done());
+  VerifiedChainCache::Key server_key, client_key;
+  auto chain = meshtls::testing::ReadFile(meshtls::testing::CertPath("client.crt"));
+  auto certs = ParsePemCertificates(chain);
+  ASSERT_TRUE(certs.ok());
+  ASSERT_TRUE(VerifiedChainCache::KeyFor(X509_PURPOSE_SSL_CLIENT, (*certs)[0].get(), nullptr, &client_key));
+  ASSERT_TRUE(VerifiedChainCache::KeyFor(X509_PURPOSE_SSL_SERVER, (*certs)[0].get(), nullptr, &server_key));
+  EXPECT_NE(client_key, server_key);
+}
+
+TEST(VerifiedChainCacheTest, EntriesEndWithTheChainsValidity) {
+  VerifiedChainCache cache(16, std::chrono::seconds(3600));
+  auto certs = ParsePemCertificates(meshtls::testing::ReadFile(meshtls::testing::CertPath("server.crt")));
+  ASSERT_TRUE(certs.ok());
+  STACK_OF(X509)* chain = sk_X509_new_null();
+  for (auto& c : *certs) sk_X509_push(chain, c.get());
+  VerifiedChainCache::Key key;
+  ASSERT_TRUE(VerifiedChainCache::KeyFor(X509_PURPOSE_SSL_SERVER, (*certs)[0].get(), nullptr, &key));
+  const auto now = VerifiedChainCache::Clock::now();
+  cache.Insert(key, chain, now);
+  EXPECT_TRUE(cache.Contains(key, now + std::chrono::minutes(1)));
+  // The leaf lives one day: past that, or past the TTL, the entry is gone.
+  EXPECT_FALSE(cache.Contains(key, now + std::chrono::hours(30)));
+  sk_X509_free(chain);
 }
 
 }  // namespace

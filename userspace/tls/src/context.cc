@@ -97,10 +97,17 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(
                      &TlsSession::VerifyCallback);
   SSL_CTX_set_verify_depth(c, 4);
   SSL_CTX_set_alpn_select_cb(c, &SelectAlpn, nullptr);
-  SSL_CTX_set_keylog_callback(c, &TlsSession::KeylogCallback);
+  if (options.export_traffic_secrets) SSL_CTX_set_keylog_callback(c, &TlsSession::KeylogCallback);
 
-  return std::shared_ptr<const TlsContext>(
+  auto context = std::shared_ptr<TlsContext>(
       new TlsContext(std::move(ctx), options.trust_domain, *std::move(own.id)));
+  context->exports_traffic_secrets_ = options.export_traffic_secrets;
+  if (options.verified_chain_ttl.count() > 0) {
+    context->verified_chains_ = std::make_unique<VerifiedChainCache>(
+        options.verified_chain_capacity, options.verified_chain_ttl);
+  }
+  SSL_CTX_set_cert_verify_callback(c, &TlsSession::CertVerifyCallback, context.get());
+  return std::shared_ptr<const TlsContext>(std::move(context));
 }
 
 }  // namespace meshtls::tls

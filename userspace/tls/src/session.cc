@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <openssl/err.h>
 #include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
 
 #include <cerrno>
 #include <charconv>
@@ -122,6 +123,10 @@ FailureReason FailureFromOpenSslReason(int reason) {
 absl::StatusOr<std::unique_ptr<TlsSession>> TlsSession::Create(
     std::shared_ptr<const TlsContext> context, UniqueFd socket, const SessionOptions& options) {
   if (!socket) return absl::InvalidArgumentError("TlsSession needs a socket");
+  if (options.capture_traffic_secrets && !context->exports_traffic_secrets()) {
+    return absl::FailedPreconditionError(
+        "capture_traffic_secrets needs a TlsContext created with export_traffic_secrets");
+  }
   const int flags = ::fcntl(socket.get(), F_GETFL);
   if (flags < 0 || ::fcntl(socket.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
     return ErrnoStatus(errno, "fcntl(O_NONBLOCK)");
@@ -259,7 +264,31 @@ int TlsSession::VerifyCallback(int preverify_ok, X509_STORE_CTX* store_ctx) {
   }
   if (depth != 0) return 1;
 
-  X509* leaf = X509_STORE_CTX_get_current_cert(store_ctx);
+  return self->CheckLeaf(store_ctx, X509_STORE_CTX_get_current_cert(store_ctx));
+}
+
+int TlsSession::CertVerifyCallback(X509_STORE_CTX* store_ctx, void* arg) {
+  const auto* context = static_cast<const TlsContext*>(arg);
+  VerifiedChainCache* cache = context->verified_chains();
+  auto* ssl = static_cast<SSL*>(
+      X509_STORE_CTX_get_ex_data(store_ctx, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  TlsSession* self = ssl ? SessionOf(ssl) : nullptr;
+  if (cache == nullptr || self == nullptr) return X509_verify_cert(store_ctx);
+  X509* leaf = X509_STORE_CTX_get0_cert(store_ctx);
+  // Servers verify client certificates and clients server certificates: never mix the two.
+  const int purpose = self->options_.role == Role::kServer ? X509_PURPOSE_SSL_CLIENT
+                                                           : X509_PURPOSE_SSL_SERVER;
+  VerifiedChainCache::Key key;
+  const bool keyed = VerifiedChainCache::KeyFor(purpose, leaf, X509_STORE_CTX_get0_untrusted(store_ctx), &key);
+  const auto now = VerifiedChainCache::Clock::now();
+  if (keyed && cache->Contains(key, now)) return self->CheckLeaf(store_ctx, leaf);
+  const int ok = X509_verify_cert(store_ctx);  // runs VerifyCallback, leaf checks included
+  if (ok == 1 && keyed) cache->Insert(key, X509_STORE_CTX_get0_chain(store_ctx), now);
+  return ok;
+}
+
+int TlsSession::CheckLeaf(X509_STORE_CTX* store_ctx, X509* leaf) {
+  TlsSession* self = this;
   auto reject = [&](FailureReason reason, std::string detail) {
     self->Fail(reason, std::move(detail));
     X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -7,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "meshtls/identity/spiffe_id.h"
 #include "meshtls/tls/openssl_util.h"
+#include "meshtls/tls/verified_chain_cache.h"
 
 namespace meshtls::tls {
 
@@ -22,6 +24,13 @@ struct TlsContextOptions {
   std::string trust_bundle_pem;  // one or more roots
   std::string trust_domain;      // peers must present an ID in this trust domain
   std::vector<std::string> cipher_suites = kDefaultCipherSuites;
+  // Chains that verified are remembered this long (0 disables the cache); see
+  // VerifiedChainCache for what is and is not skipped on a hit.
+  std::chrono::seconds verified_chain_ttl{300};
+  // Let sessions capture their traffic secrets (kTLS needs them). Off, OpenSSL skips formatting
+  // key-log lines on every handshake (about 5 % of a handshake's CPU).
+  bool export_traffic_secrets = false;
+  size_t verified_chain_capacity = 4096;
 };
 
 // One OpenSSL context, usable for both roles: TLS 1.3 only, X25519 then P-256, ALPN meshtls/1,
@@ -34,6 +43,9 @@ class TlsContext {
   SSL_CTX* ssl_ctx() const { return ctx_.get(); }
   const std::string& trust_domain() const { return trust_domain_; }
   const SpiffeId& local_id() const { return local_id_; }
+  // Null when the cache is disabled.
+  VerifiedChainCache* verified_chains() const { return verified_chains_.get(); }
+  bool exports_traffic_secrets() const { return exports_traffic_secrets_; }
 
  private:
   TlsContext(SslCtxPtr ctx, std::string trust_domain, SpiffeId local_id)
@@ -42,6 +54,8 @@ class TlsContext {
   SslCtxPtr ctx_;
   std::string trust_domain_;
   SpiffeId local_id_;
+  std::unique_ptr<VerifiedChainCache> verified_chains_;
+  bool exports_traffic_secrets_ = false;
 };
 
 }  // namespace meshtls::tls

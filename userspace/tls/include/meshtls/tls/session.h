@@ -96,6 +96,8 @@ class TlsSession {
 
   // OpenSSL callbacks, installed by TlsContext.
   static int VerifyCallback(int preverify_ok, X509_STORE_CTX* store_ctx);
+  // Replaces X509_verify_cert: consults the context's VerifiedChainCache first.
+  static int CertVerifyCallback(X509_STORE_CTX* store_ctx, void* context);
   static void KeylogCallback(const SSL* ssl, const char* line);
 
  private:
@@ -104,6 +106,8 @@ class TlsSession {
   void Fail(FailureReason reason, std::string detail);
   HandshakeProgress Finish();
   void ClassifySslFailure(int ssl_error, int saved_errno);
+  // Key strength, SPIFFE ID, trust domain and expected identity of the peer's leaf.
+  int CheckLeaf(X509_STORE_CTX* store_ctx, X509* leaf);
 
   std::shared_ptr<const TlsContext> context_;
   UniqueFd socket_;
