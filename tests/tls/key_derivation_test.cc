@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -104,6 +105,49 @@ TEST(KtlsProbeTest, ReportsWhyWhenUnavailable) {
     EXPECT_NE(support.detail.find("unavailable"), std::string::npos);
     EXPECT_FALSE(meshtls::testing::KtlsRequired()) << support.detail;
   }
+}
+
+}  // namespace
+}  // namespace meshtls::tls
+
+namespace meshtls::tls {
+namespace {
+
+TEST(SwitchToKtlsTest, RefusesWhenOpenSslHoldsReceivedBytes) {
+  meshtls::testing::LoopThread loop;
+  SessionOptions client, server;
+  client.expected_peer = *SpiffeId::Parse("spiffe://cluster.local/ns/default/sa/server");
+  client.capture_traffic_secrets = server.capture_traffic_secrets = true;
+  auto out = meshtls::testing::Handshake(loop, Context("client"), Context("server"), client, server);
+  ASSERT_TRUE(out.client->handshake_done());
+  ASSERT_EQ(SSL_write(out.server->ssl(), "early", 5), 5);
+  char c;
+  for (int i = 0; i < 100 && SSL_peek(out.client->ssl(), &c, 1) <= 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(out.client->HasBufferedInput());
+  absl::Status st = SwitchToKtls(*out.client);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_NE(std::string(st.message()).find("holds received bytes"), std::string::npos) << st;
+  EXPECT_NE(out.client->ssl(), nullptr) << "a refused switch must leave the session usable";
+}
+
+TEST(SwitchToKtlsTest, NeedsCapturedSecrets) {
+  meshtls::testing::LoopThread loop;
+  SessionOptions client, server;
+  client.expected_peer = *SpiffeId::Parse("spiffe://cluster.local/ns/default/sa/server");
+  auto out = meshtls::testing::Handshake(loop, Context("client"), Context("server"), client, server);
+  ASSERT_TRUE(out.client->handshake_done());
+  EXPECT_EQ(SwitchToKtls(*out.client).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(SwitchToKtlsTest, ContextWithoutSecretExportRejectsCapture) {
+  SessionOptions options;
+  options.capture_traffic_secrets = true;
+  auto [a, b] = meshtls::testing::TcpPair();
+  auto session = TlsSession::Create(Context("client", "bundle.crt", /*export_traffic_secrets=*/false),
+                                    std::move(a), options);
+  EXPECT_EQ(session.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

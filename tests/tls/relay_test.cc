@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "meshtls/tls/handshake_driver.h"
 #include "meshtls/tls/relay.h"
 #include "testing/test_util.h"
 
@@ -240,6 +241,80 @@ INSTANTIATE_TEST_SUITE_P(Datapaths, RelayTest,
                            return test_info.param == Datapath::kKtlsSplice ? std::string("KtlsSplice")
                                                                            : std::string("UserspaceTls");
                          });
+
+}  // namespace
+}  // namespace meshtls::tls
+
+namespace meshtls::tls {
+namespace {
+
+// A relay of ours as the TLS server, against a plain OpenSSL client that finishes the handshake
+// and then writes raw bytes on the socket, bypassing its TLS layer.
+struct HostileRecordCase {
+  std::string name;
+  std::string bytes;
+  FailureReason expected;
+};
+
+class HostileRecordTest
+    : public ::testing::TestWithParam<std::tuple<Datapath, HostileRecordCase>> {};
+
+TEST_P(HostileRecordTest, RelayClosesWithReasonAndResetsTheApp) {
+  const auto& [datapath, c] = GetParam();
+  if (!meshtls::testing::RequireDatapath(datapath)) GTEST_SKIP() << "kTLS unavailable on this kernel (see stderr)";
+  LoopThread loop;
+  auto [peer_fd, tunnel_fd] = meshtls::testing::TcpPair();
+  auto [relay_plain, app] = meshtls::testing::TcpPair();
+  meshtls::testing::RawPeerOptions raw;
+  raw.identity = "client";
+  auto raw_ctx = meshtls::testing::RawContext(raw);
+  SslPtr peer;
+  std::thread raw_client([&, fd = peer_fd.get()] { peer = meshtls::testing::RawHandshake(raw_ctx.get(), fd, true); });
+  SessionOptions options;
+  options.role = Role::kServer;
+  options.capture_traffic_secrets = datapath == Datapath::kKtlsSplice;
+  auto session = TlsSession::Create(meshtls::testing::Context("server"), std::move(tunnel_fd), options);
+  ASSERT_TRUE(session.ok());
+  std::promise<std::unique_ptr<TlsSession>> done;
+  loop.Run([&] {
+    DriveHandshake(loop.loop(), *std::move(session), [&](auto s) { done.set_value(std::move(s)); });
+  });
+  auto tunnel = done.get_future().get();
+  raw_client.join();
+  ASSERT_TRUE(tunnel->handshake_done() && peer);
+  std::promise<RelayResult> closed;
+  loop.Run([&] {
+    ASSERT_TRUE(Relay::Start(loop.loop(), std::move(relay_plain), std::move(tunnel), datapath, {},
+                             [&](const RelayResult& r) { closed.set_value(r); })
+                    .ok());
+  });
+  ASSERT_EQ(::send(peer_fd.get(), c.bytes.data(), c.bytes.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(c.bytes.size()));
+  auto result = closed.get_future();
+  ASSERT_EQ(result.wait_for(30s), std::future_status::ready);
+  RelayResult r = result.get();
+  EXPECT_EQ(FailureReasonName(r.reason), FailureReasonName(c.expected)) << r.detail;
+  int error = 0;
+  ReadStream(app.get(), &error);
+  EXPECT_EQ(error, ECONNRESET) << "the app must see a reset, not a clean end";
+}
+
+std::string Record(uint8_t type, uint16_t length, char fill) {
+  std::string r{static_cast<char>(type), 3, 3, static_cast<char>(length >> 8), static_cast<char>(length & 0xff)};
+  return r + std::string(std::min<size_t>(length, 20000), fill);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, HostileRecordTest,
+    ::testing::Combine(
+        ::testing::Values(Datapath::kUserspaceTls, Datapath::kKtlsSplice),
+        ::testing::Values(
+            HostileRecordCase{"oversized_record", Record(23, 0x4800, 'A'), FailureReason::kOversizedRecord},
+            HostileRecordCase{"forged_record", Record(23, 64, 'B'), FailureReason::kDecryptError})),
+    [](const auto& test_info) {
+      return std::string(std::get<0>(test_info.param) == Datapath::kKtlsSplice ? "KtlsSplice_" : "UserspaceTls_") +
+             std::get<1>(test_info.param).name;
+    });
 
 }  // namespace
 }  // namespace meshtls::tls

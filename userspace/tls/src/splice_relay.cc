@@ -160,6 +160,9 @@ class SpliceRelay final : public Relay {
       } else if (errno == EBADMSG) {
         Finish(FailureReason::kDecryptError, "a tunnel record failed authentication");
         return false;
+      } else if (errno == EMSGSIZE) {
+        Finish(FailureReason::kOversizedRecord, "a tunnel record is larger than TLS allows");
+        return false;
       } else if (errno == EAGAIN) {
         tunnel_readable_ = false;
       } else if (errno != EINTR) {
@@ -196,6 +199,10 @@ class SpliceRelay final : public Relay {
       if (errno == EAGAIN || errno == EINTR) return true;
       if (errno == EBADMSG) {
         Finish(FailureReason::kDecryptError, "a tunnel record failed authentication");
+        return false;
+      }
+      if (errno == EMSGSIZE) {
+        Finish(FailureReason::kOversizedRecord, "a tunnel record is larger than TLS allows");
         return false;
       }
       return Fail(errno, "tunnel recvmsg");
