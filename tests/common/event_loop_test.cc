@@ -64,3 +64,29 @@ TEST(EventLoopTest, CancelledTimerNeverFiresAndPostWorksAcrossThreads) {
 
 }  // namespace
 }  // namespace meshtls
+
+namespace meshtls {
+namespace {
+
+// An object owned by a watch that removes its own watch when destroyed, as a relay does.
+struct SelfRemoving {
+  EventLoop* loop;
+  int fd;
+  ~SelfRemoving() { loop->Remove(fd); }
+};
+
+TEST(EventLoopTest, DestroyingTheLoopWithLiveWatchesIsSafe) {
+  auto loop = *EventLoop::Create();
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  auto owner = std::make_shared<SelfRemoving>(SelfRemoving{loop.get(), fds[0]});
+  ASSERT_TRUE(loop->Add(fds[0], EPOLLIN, [owner](uint32_t) {}).ok());
+  loop->AddTimer(EventLoop::Clock::now() + std::chrono::hours(1), [owner] {});
+  owner.reset();
+  loop.reset();  // must not touch freed memory (ASan) or crash
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
+
+}  // namespace
+}  // namespace meshtls

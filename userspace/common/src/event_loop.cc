@@ -36,7 +36,17 @@ absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Create() {
 EventLoop::EventLoop(UniqueFd epoll_fd, UniqueFd wake_fd)
     : epoll_fd_(std::move(epoll_fd)), wake_fd_(std::move(wake_fd)) {}
 
-EventLoop::~EventLoop() = default;
+EventLoop::~EventLoop() {
+  // Callbacks may own objects (relays, handshakes) whose destructors call Remove() or
+  // CancelTimer(): empty the members first, then destroy the callbacks.
+  auto watches = std::move(watches_);
+  watches_.clear();
+  auto timers = std::move(timers_);
+  timers_.clear();
+  timer_index_.clear();
+  watches.clear();
+  timers.clear();
+}
 
 absl::Status EventLoop::Add(int fd, uint32_t events, IoCallback callback) {
   if (watches_.contains(fd)) {
