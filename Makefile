@@ -1,18 +1,20 @@
 # meshtls front door. Every target installs what it needs (make deps) and builds first.
 #   make deps        install the Debian packages (no-op when present)
 #   make build       configure and build (build/)
-#   make test        the whole suite: unit, privileged (root, netns, BPF), VM (kTLS on Debian kernels), fuzz smoke
+#   make test        the whole suite: unit, privileged (root, netns, BPF), VM (kTLS on Debian kernels),
+#                    fuzz smoke, and the unit suite again under ASan/LSan/UBSan
 #   make unit        the unprivileged unit suite only (a quick local loop; CI always runs make test)
 #   make bench-tls   handshake and relay benchmarks -> tests/bench/results/tls.{json,md}
 #   make demo        the main job on an embedded default (see README)
 BUILD       ?= build
 FUZZ_BUILD  ?= build-fuzz
+ASAN_BUILD  ?= build-asan
 BUILD_TYPE  ?= RelWithDebInfo
 SANITIZE    ?=
 JOBS        ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test unit privileged vm fuzz bench-tls demo format lint clean
+.PHONY: all deps configure build test unit privileged vm fuzz sanitize bench-tls demo format lint clean
 
 all: build
 
@@ -28,8 +30,15 @@ configure: $(BUILD)/build.ninja
 build: deps configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-test: build fuzz
+test: build fuzz sanitize
 	cd $(BUILD) && ctest --output-on-failure --no-tests=error -j 2
+
+# The unit suite again under AddressSanitizer (with LeakSanitizer) and UBSan, in its own tree.
+sanitize: deps
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMESHTLS_SANITIZE=address,undefined
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  ctest --output-on-failure --no-tests=error -L unit -j 2
 
 unit: build
 	cd $(BUILD) && ctest --output-on-failure --no-tests=error -L unit -j $(JOBS)
@@ -61,4 +70,4 @@ lint: build
 	git ls-files 'userspace/*.cc' 'agent/*.cc' | xargs clang-tidy -p $(BUILD) --quiet
 
 clean:
-	rm -rf $(BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(FUZZ_BUILD) $(ASAN_BUILD)
