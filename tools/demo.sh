@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make demo: the handshake engine and datapaths end to end, on an embedded default.
-#   1. a throwaway CA and workload identities (tests/certs/gen-certs.sh)
+#   1. a CA made with `meshtlsctl ca init`, and two workload SVIDs from `meshtlsctl ca issue`
 #   2. iperf3 through a meshtls tunnel (client end -> mutual TLS 1.3 -> server end -> iperf3)
 #      on this host, with the datapath the kernel allows (userspace-tls here: no kTLS)
 #   3. a client that expects another server identity is refused (identity_mismatch)
@@ -12,6 +12,7 @@ build=$(cd "${1:?usage: demo.sh BUILD_DIR}" && pwd)
 seconds=${2:-5}
 here=$(cd "$(dirname "$0")/.." && pwd)
 tunnel=$build/agent/meshtls-tunnel
+ctl=$build/agent/meshtlsctl
 work=$(mktemp -d /tmp/meshtls-demo.XXXXXX)
 pids=()
 cleanup() {
@@ -24,12 +25,14 @@ trap 'exit 130' INT TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-say "1. a throwaway CA and identities (trust domain cluster.local)"
-"$here/tests/certs/gen-certs.sh" "$work/certs" >/dev/null
+say "1. a CA (meshtlsctl ca init) and two workload SVIDs (meshtlsctl ca issue)"
 c=$work/certs
+"$ctl" ca init --dir "$c/ca" --trust-domain cluster.local | sed 's/^/   /'
 for n in client server; do
-  printf '   %-7s %s\n' "$n" "$(openssl x509 -in "$c/$n.crt" -noout -ext subjectAltName | tail -1 | xargs)"
+  "$ctl" ca issue --dir "$c/ca" --spiffe-id "spiffe://cluster.local/ns/default/sa/$n" --ttl 1h --out "$c/$n" \
+    | head -1 | sed 's/^/   /'
 done
+cp "$c/ca/root.crt" "$c/bundle.crt"
 
 run_tunnel_pair() {  # $1: log prefix, $2: client expected identity
   "$tunnel" server --listen 127.0.0.1:15008 --forward 127.0.0.1:5201 \

@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -252,7 +253,7 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Init
   ASSIGN_OR_RETURN(int state, DirState(dir));
   if (state == 2) {
     return absl::AlreadyExistsError(
-        StrCat("'", dir, "' is not empty: refusing to create a CA over existing files (use it with Load)"));
+        StrCat("'", dir, "' is not empty: refusing to create a CA over existing files (an existing CA is loaded as it is; remove the directory to start over)"));
   }
   auto keys = std::make_unique<Keys>();
   ASSIGN_OR_RETURN(keys->root_key, NewKey());
@@ -277,6 +278,9 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Init
   ASSIGN_OR_RETURN(keys->intermediate, MakeCertificate(intermediate, nullptr));
 
   // Everything goes into a sibling temporary directory first, then one rename publishes it.
+  std::error_code ec;
+  std::filesystem::create_directories(Parent(dir), ec);
+  if (ec) return absl::PermissionDeniedError(StrCat("cannot create ", Parent(dir), ": ", ec.message()));
   std::string tmp_template = StrCat(dir, ".tmp-XXXXXX");
   if (::mkdtemp(tmp_template.data()) == nullptr) return ErrnoStatus(errno, StrCat("mkdtemp beside ", dir));
   const std::string tmp = tmp_template;

@@ -1,0 +1,180 @@
+// meshtlsctl: the meshtls command line. Today: offline CA work.
+//   meshtlsctl ca init --dir DIR [--trust-domain TD]
+//   meshtlsctl ca issue --dir DIR --spiffe-id ID [--ttl 24h] --out PREFIX [--force]
+//   meshtlsctl ca inspect FILE [-o table|json]
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+
+#include "meshtls/common/status.h"
+#include "meshtls/common/strings.h"
+#include "meshtls/common/unique_fd.h"
+#include "meshtls/identity/certificate_authority.h"
+
+namespace meshtls {
+namespace {
+
+using Clock = std::chrono::system_clock;
+
+// "90s", "30m", "24h", "7d" (one number, one unit).
+absl::StatusOr<std::chrono::seconds> ParseDuration(const std::string& text) {
+  uint64_t value = 0;
+  const char* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(text.data(), end, value);
+  if (ec != std::errc() || ptr == text.data() || ptr + 1 != end || value == 0) {
+    return absl::InvalidArgumentError(
+        StrCat("bad duration '", text, "': use a positive number and one of s, m, h, d (e.g. 24h)"));
+  }
+  switch (*ptr) {
+    case 's': return std::chrono::seconds(value);
+    case 'm': return std::chrono::seconds(value * 60);
+    case 'h': return std::chrono::seconds(value * 3600);
+    case 'd': return std::chrono::seconds(value * 86400);
+    default:
+      return absl::InvalidArgumentError(StrCat("bad duration unit in '", text, "': use s, m, h or d"));
+  }
+}
+
+std::string Iso8601(Clock::time_point t) {
+  const std::time_t tt = Clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string Remaining(Clock::time_point until) {
+  const auto s = std::chrono::duration_cast<std::chrono::seconds>(until - Clock::now()).count();
+  if (s <= 0) return "expired";
+  if (s < 3600) return fmt::format("{}m", s / 60);
+  if (s < 86400 * 2) return fmt::format("{}h{}m", s / 3600, (s % 3600) / 60);
+  return fmt::format("{}d", s / 86400);
+}
+
+absl::Status WriteNew(const std::string& path, const std::string& data, mode_t mode, bool force) {
+  if (force) ::unlink(path.c_str());
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
+  if (!fd) {
+    if (errno == EEXIST) return absl::AlreadyExistsError(StrCat(path, " exists (use --force to replace it)"));
+    return ErrnoStatus(errno, StrCat("create ", path));
+  }
+  if (::write(fd.get(), data.data(), data.size()) != static_cast<ssize_t>(data.size()) || ::fsync(fd.get()) != 0) {
+    return ErrnoStatus(errno, StrCat("write ", path));
+  }
+  return absl::OkStatus();
+}
+
+int Fail(const absl::Status& st) {
+  std::cerr << "meshtlsctl: " << st.message() << "\n";
+  return 1;
+}
+
+int CaInit(const std::string& dir, const std::string& trust_domain) {
+  auto ca = identity::CertificateAuthority::Init(dir, trust_domain);
+  if (!ca.ok()) return Fail(ca.status());
+  auto summary = identity::SummarizeCertificates((*ca)->root_pem() + (*ca)->intermediate_pem());
+  std::cout << "created a CA for trust domain " << (*ca)->trust_domain() << " in " << dir << "\n";
+  for (const auto& c : *summary) {
+    std::cout << "  " << (c.issuer == c.subject ? "root        " : "intermediate") << "  serial "
+              << c.serial_hex << "  valid until " << Iso8601(c.not_after) << "\n";
+  }
+  std::cout << "  keys: " << dir << "/root.key, " << dir << "/intermediate.key (0600)\n";
+  return 0;
+}
+
+int CaIssue(const std::string& dir, const std::string& spiffe_id, const std::string& ttl_text,
+            const std::string& prefix, bool force) {
+  auto id = SpiffeId::Parse(spiffe_id);
+  if (!id.ok()) return Fail(id.status());
+  auto ttl = ParseDuration(ttl_text);
+  if (!ttl.ok()) return Fail(ttl.status());
+  auto ca = identity::CertificateAuthority::Load(dir);
+  if (!ca.ok()) return Fail(ca.status());
+  identity::IssueOptions options;
+  options.ttl = *ttl;
+  auto svid = (*ca)->Issue(*id, options);
+  if (!svid.ok()) return Fail(svid.status());
+  if (absl::Status st = WriteNew(prefix + ".key", svid->private_key_pem, 0600, force); !st.ok()) return Fail(st);
+  if (absl::Status st = WriteNew(prefix + ".crt", svid->chain_pem, 0644, force); !st.ok()) return Fail(st);
+  std::cout << "issued " << id->ToString() << "  serial " << svid->serial_hex << "  valid until "
+            << Iso8601(svid->not_after) << "\n  " << prefix << ".crt (leaf + intermediate), " << prefix
+            << ".key (0600)\n";
+  return 0;
+}
+
+int CaInspect(const std::string& file, const std::string& output) {
+  std::ifstream in(file);
+  if (!in) return Fail(ErrnoStatus(errno, StrCat("cannot read ", file)));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto certs = identity::SummarizeCertificates(ss.str());
+  if (!certs.ok()) return Fail(absl::InvalidArgumentError(StrCat(file, ": ", certs.status().message())));
+  if (output == "json") {
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& c : *certs) {
+      list.push_back({{"subject", c.subject},
+                      {"issuer", c.issuer},
+                      {"spiffe_ids", c.uri_sans},
+                      {"serial", c.serial_hex},
+                      {"not_before", Iso8601(c.not_before)},
+                      {"not_after", Iso8601(c.not_after)},
+                      {"seconds_left", std::chrono::duration_cast<std::chrono::seconds>(
+                                           c.not_after - Clock::now()).count()},
+                      {"ca", c.is_ca}});
+    }
+    std::cout << list.dump(2) << "\n";
+    return 0;
+  }
+  for (size_t i = 0; i < certs->size(); ++i) {
+    const auto& c = (*certs)[i];
+    std::cout << (i == 0 ? "certificate" : "chain[" + std::to_string(i) + "]") << (c.is_ca ? " (CA)" : "") << "\n";
+    std::cout << "  spiffe id:  " << (c.uri_sans.empty() ? "-" : c.uri_sans[0]) << "\n";
+    std::cout << "  subject:    " << c.subject << "\n  issuer:     " << c.issuer << "\n";
+    std::cout << "  serial:     " << c.serial_hex << "\n";
+    std::cout << "  valid:      " << Iso8601(c.not_before) << " .. " << Iso8601(c.not_after) << " ("
+              << Remaining(c.not_after) << " left)\n";
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace meshtls
+
+int main(int argc, char** argv) {
+  CLI::App app{"meshtlsctl: inspect and operate meshtls"};
+  app.require_subcommand(1);
+  CLI::App* ca = app.add_subcommand("ca", "offline work with the embedded CA (also for a CA shared by several nodes)");
+  ca->require_subcommand(1);
+
+  std::string dir, trust_domain = "cluster.local", spiffe_id, ttl = "24h", out, file, output = "table";
+  bool force = false;
+  CLI::App* init = ca->add_subcommand("init", "create a root (10 y) and an intermediate (1 y) CA in a new directory");
+  init->add_option("--dir", dir, "directory to create (must not exist or be empty)")->required();
+  init->add_option("--trust-domain", trust_domain, "SPIFFE trust domain")->capture_default_str();
+  CLI::App* issue = ca->add_subcommand("issue", "issue an X.509 SVID from a CA directory");
+  issue->add_option("--dir", dir, "CA directory (from ca init)")->required();
+  issue->add_option("--spiffe-id", spiffe_id, "spiffe://<trust-domain>/ns/<ns>/sa/<sa>")->required();
+  issue->add_option("--ttl", ttl, "lifetime: 90s, 30m, 24h, 7d")->capture_default_str();
+  issue->add_option("--out", out, "writes PREFIX.crt (leaf + intermediate) and PREFIX.key (0600)")->required();
+  issue->add_flag("--force", force, "replace existing output files");
+  CLI::App* inspect = ca->add_subcommand("inspect", "print SPIFFE ID, serial, validity and chain of a PEM file");
+  inspect->add_option("file", file, "PEM certificate file")->required();
+  inspect->add_option("-o,--output", output, "table or json")->check(CLI::IsMember({"table", "json"}))->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  if (init->parsed()) return meshtls::CaInit(dir, trust_domain);
+  if (issue->parsed()) return meshtls::CaIssue(dir, spiffe_id, ttl, out, force);
+  return meshtls::CaInspect(file, output);
+}
