@@ -196,6 +196,19 @@ RelayPair StartRelayPair(LoopThread& loop, tls::Datapath datapath) {
 }
 
 RelayPair StartRelayPair(LoopThread& client_loop, LoopThread& server_loop, tls::Datapath datapath) {
+  return StartRelayPair(client_loop, server_loop, datapath, Context("client"), Context("server"),
+                        *SpiffeId::Parse("spiffe://cluster.local/ns/default/sa/server"));
+}
+
+RelayPair StartRelayPair(LoopThread& loop, tls::Datapath datapath,
+                         std::shared_ptr<const tls::TlsContext> client_ctx,
+                         std::shared_ptr<const tls::TlsContext> server_ctx, const SpiffeId& server_id) {
+  return StartRelayPair(loop, loop, datapath, std::move(client_ctx), std::move(server_ctx), server_id);
+}
+
+RelayPair StartRelayPair(LoopThread& client_loop, LoopThread& server_loop, tls::Datapath datapath,
+                         std::shared_ptr<const tls::TlsContext> client_ctx,
+                         std::shared_ptr<const tls::TlsContext> server_ctx, const SpiffeId& server_id) {
   LoopThread& loop = client_loop;
   RelayPair pair;
   auto [app_client, client_plain] = TcpPair();
@@ -203,11 +216,11 @@ RelayPair StartRelayPair(LoopThread& client_loop, LoopThread& server_loop, tls::
   pair.app_client = std::move(app_client);
   pair.app_server = std::move(app_server);
   tls::SessionOptions client_options;
-  client_options.expected_peer = *SpiffeId::Parse("spiffe://cluster.local/ns/default/sa/server");
+  client_options.expected_peer = server_id;
   tls::SessionOptions server_options;
   client_options.capture_traffic_secrets = server_options.capture_traffic_secrets =
       datapath == tls::Datapath::kKtlsSplice;
-  HandshakeOutcome hs = Handshake(loop, Context("client"), Context("server"), client_options,
+  HandshakeOutcome hs = Handshake(loop, std::move(client_ctx), std::move(server_ctx), client_options,
                                   server_options);
   if (!hs.client->handshake_done() || !hs.server->handshake_done()) {
     throw std::runtime_error("relay pair handshake failed: " + hs.client->failure_detail() +

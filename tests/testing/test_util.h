@@ -96,6 +96,13 @@ struct RelayPair {
 RelayPair StartRelayPair(LoopThread& loop, tls::Datapath datapath);
 // The same with each relay on its own loop thread (as two agents would be).
 RelayPair StartRelayPair(LoopThread& client_loop, LoopThread& server_loop, tls::Datapath datapath);
+// The same with given contexts; the client expects `server_id`.
+RelayPair StartRelayPair(LoopThread& client_loop, LoopThread& server_loop, tls::Datapath datapath,
+                         std::shared_ptr<const tls::TlsContext> client_ctx,
+                         std::shared_ptr<const tls::TlsContext> server_ctx, const SpiffeId& server_id);
+RelayPair StartRelayPair(LoopThread& loop, tls::Datapath datapath,
+                         std::shared_ptr<const tls::TlsContext> client_ctx,
+                         std::shared_ptr<const tls::TlsContext> server_ctx, const SpiffeId& server_id);
 
 // Skips (loudly) when the kernel lacks kTLS, unless MESHTLS_REQUIRE_KTLS=1 makes that a failure.
 // Returns false if the caller must return.
