@@ -102,6 +102,7 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(
   auto context = std::shared_ptr<TlsContext>(
       new TlsContext(std::move(ctx), options.trust_domain, *std::move(own.id)));
   context->exports_traffic_secrets_ = options.export_traffic_secrets;
+  context->deny_list_ = options.deny_list;
   if (options.verified_chain_ttl.count() > 0) {
     context->verified_chains_ = std::make_unique<VerifiedChainCache>(
         options.verified_chain_capacity, options.verified_chain_ttl);

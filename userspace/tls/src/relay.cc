@@ -7,6 +7,7 @@
 
 #include "meshtls/common/strings.h"
 #include "meshtls/common/status.h"
+#include "meshtls/tls/connection_registry.h"
 #include "meshtls/common/strings.h"
 #include "spdlog/spdlog.h"
 
@@ -54,6 +55,10 @@ absl::StatusOr<std::shared_ptr<Relay>> Relay::Start(EventLoop& loop, UniqueFd pl
           : MakeUserspaceRelay(loop, std::move(plaintext), std::move(tunnel), std::move(on_close));
   RETURN_IF_ERROR(relay->Init(options));
   RETURN_IF_ERROR(relay->Register());
+  if (options.registry != nullptr) {
+    relay->registry_ = options.registry;
+    options.registry->Add(relay);
+  }
   // Bytes may already be waiting (a client's first flight): move them now.
   relay->Pump();
   return relay;
@@ -102,6 +107,12 @@ void Relay::OnEvent(bool plaintext, uint32_t events) {
 
 void Relay::Abort(FailureReason reason, std::string detail) { Finish(reason, std::move(detail)); }
 
+void Relay::AbortFromAnyThread(FailureReason reason, std::string detail) {
+  loop_.Post([self = shared_from_this(), reason, detail = std::move(detail)]() mutable {
+    self->Abort(reason, std::move(detail));
+  });
+}
+
 void Relay::Finish(FailureReason reason, std::string detail) {
   if (closed_) return;
   closed_ = true;
@@ -118,6 +129,7 @@ void Relay::Finish(FailureReason reason, std::string detail) {
   }
   plaintext_.reset();
   tunnel_->CloseSocket(failed);
+  if (registry_ != nullptr) registry_->Remove(this);
   RelayResult result;
   result.reason = reason;
   result.detail = std::move(detail);

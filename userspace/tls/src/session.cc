@@ -309,7 +309,14 @@ int TlsSession::CheckLeaf(X509_STORE_CTX* store_ctx, X509* leaf) {
                   StrCat("peer presented ", identity.id->ToString(), ", expected ",
                                self->options_.expected_peer->ToString()));
   }
-  self->peer_serial_ = SerialHex(leaf);
+  std::string serial = SerialHex(leaf);
+  if (const identity::DenyListHolder* deny = self->context_->deny_list()) {
+    if (deny->Get()->Denies(*identity.id, serial)) {
+      return reject(FailureReason::kRevoked, StrCat("peer ", identity.id->ToString(), " (serial ",
+                                                    serial, ") is on the deny list"));
+    }
+  }
+  self->peer_serial_ = std::move(serial);
   self->peer_id_ = *std::move(identity.id);
   return 1;
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "meshtls/identity/deny_list.h"
 #include "meshtls/identity/spiffe_id.h"
 #include "meshtls/tls/openssl_util.h"
 #include "meshtls/tls/verified_chain_cache.h"
@@ -31,6 +32,8 @@ struct TlsContextOptions {
   // key-log lines on every handshake (about 5 % of a handshake's CPU).
   bool export_traffic_secrets = false;
   size_t verified_chain_capacity = 4096;
+  // Checked on every handshake (cache hits included); swap its contents to reload.
+  std::shared_ptr<identity::DenyListHolder> deny_list;
 };
 
 // One OpenSSL context, usable for both roles: TLS 1.3 only, X25519 then P-256, ALPN meshtls/1,
@@ -46,6 +49,7 @@ class TlsContext {
   // Null when the cache is disabled.
   VerifiedChainCache* verified_chains() const { return verified_chains_.get(); }
   bool exports_traffic_secrets() const { return exports_traffic_secrets_; }
+  const identity::DenyListHolder* deny_list() const { return deny_list_.get(); }
 
  private:
   TlsContext(SslCtxPtr ctx, std::string trust_domain, SpiffeId local_id)
@@ -56,6 +60,7 @@ class TlsContext {
   SpiffeId local_id_;
   std::unique_ptr<VerifiedChainCache> verified_chains_;
   bool exports_traffic_secrets_ = false;
+  std::shared_ptr<identity::DenyListHolder> deny_list_;
 };
 
 }  // namespace meshtls::tls

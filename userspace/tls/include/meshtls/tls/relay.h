@@ -22,9 +22,13 @@ enum class Datapath {
 std::string_view DatapathName(Datapath datapath);
 absl::StatusOr<Datapath> ParseDatapath(std::string_view name);
 
+class ConnectionRegistry;
+
 struct RelayOptions {
   // Capacity of each direction's pipe in the splice relay (bounded by fs.pipe-max-size).
   size_t pipe_size = 1 << 20;
+  // If set, the relay is listed there while it runs (must outlive the relay).
+  ConnectionRegistry* registry = nullptr;
 };
 
 struct RelayStats {
@@ -65,7 +69,9 @@ class Relay : public std::enable_shared_from_this<Relay> {
   bool closed() const { return closed_; }
 
   // Ends the relay now with `reason` (policy change, shutdown deadline): both sockets are reset.
+  // Abort() runs on the relay's loop thread; AbortFromAnyThread() posts it there.
   void Abort(FailureReason reason, std::string detail);
+  void AbortFromAnyThread(FailureReason reason, std::string detail);
 
  protected:
   Relay(EventLoop& loop, UniqueFd plaintext, std::unique_ptr<TlsSession> tunnel, Datapath datapath,
@@ -104,6 +110,7 @@ class Relay : public std::enable_shared_from_this<Relay> {
   CloseCallback on_close_;
   std::chrono::steady_clock::time_point started_;
   bool registered_ = false;
+  ConnectionRegistry* registry_ = nullptr;
 };
 
 }  // namespace meshtls::tls
