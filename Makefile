@@ -5,6 +5,7 @@
 #                    fuzz smoke, and the unit suite again under ASan/LSan/UBSan
 #   make unit        the unprivileged unit suite only (a quick local loop; CI always runs make test)
 #   make bench-tls   handshake and relay benchmarks -> tests/bench/results/tls.{json,md}
+#   make bench-identity  SVID issuance rate and memory -> tests/bench/results/identity.{json,md}
 #   make demo        the main job on an embedded default (see README)
 BUILD       ?= build
 FUZZ_BUILD  ?= build-fuzz
@@ -14,7 +15,7 @@ SANITIZE    ?=
 JOBS        ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test unit privileged vm fuzz sanitize bench-tls demo format lint clean
+.PHONY: all deps configure build test unit privileged vm fuzz sanitize bench-tls bench-identity demo format lint clean
 
 all: build
 
@@ -59,6 +60,9 @@ fuzz: deps
 
 bench-tls: build
 	tests/bench/run-bench-tls.sh $(BUILD)
+
+bench-identity: build
+	tests/bench/run-bench-identity.sh $(BUILD)
 
 demo: build
 	tools/demo.sh $(BUILD)
