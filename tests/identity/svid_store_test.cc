@@ -9,6 +9,7 @@
 
 #include "gtest/gtest.h"
 #include "meshtls/tls/context.h"
+#include "meshtls/tls/identity_contexts.h"
 #include "meshtls/tls/relay.h"
 #include "testing/test_util.h"
 
@@ -134,22 +135,30 @@ TEST_F(SvidStoreTest, FailedIssuanceKeepsTheValidSvidAndBacksOff) {
 
 TEST_F(SvidStoreTest, RotationLeavesOpenConnectionsFlowingAndNewHandshakesGetTheNewSerial) {
   SvidStore store(*ca_, options_);
+  tls::TlsContextOptions base;
+  base.trust_bundle_pem = ca_->TrustBundlePem();
+  base.trust_domain = "cluster.local";
+  tls::IdentityContexts contexts(store, base);
   const SpiffeId client_id = Id("spiffe://cluster.local/ns/default/sa/client");
   const SpiffeId server_id = Id("spiffe://cluster.local/ns/default/sa/server");
   meshtls::testing::LoopThread loop;
-  auto old_server = *store.Current(server_id);
+  const std::string old_serial = (*store.Current(server_id))->serial_hex;
+  auto old_context = *contexts.For(server_id);
+  EXPECT_EQ(*contexts.For(server_id), old_context) << "no rebuild without a rotation";
   meshtls::testing::RelayPair open = meshtls::testing::StartRelayPair(
-      loop, tls::Datapath::kUserspaceTls, ContextFor(**store.Current(client_id)), ContextFor(*old_server), server_id);
-  ASSERT_EQ(open.client_relay->tunnel().peer_serial(), old_server->serial_hex);
+      loop, tls::Datapath::kUserspaceTls, *contexts.For(client_id), old_context, server_id);
+  ASSERT_EQ(open.client_relay->tunnel().peer_serial(), old_serial);
 
-  ASSERT_TRUE(store.Rotate(server_id).ok());
-  auto new_server = *store.Current(server_id);
-  ASSERT_NE(new_server->serial_hex, old_server->serial_hex);
+  // The fake clock passes the renewal time; Tick() rotates every due SVID.
+  for (const auto& s : store.States()) now_ = std::max(now_, s.rotate_at + 1s);
+  store.Tick();
+  const std::string new_serial = (*store.Current(server_id))->serial_hex;
+  ASSERT_NE(new_serial, old_serial);
 
   // The next connection sees the new certificate.
   meshtls::testing::RelayPair fresh = meshtls::testing::StartRelayPair(
-      loop, tls::Datapath::kUserspaceTls, ContextFor(**store.Current(client_id)), ContextFor(*new_server), server_id);
-  EXPECT_EQ(fresh.client_relay->tunnel().peer_serial(), new_server->serial_hex);
+      loop, tls::Datapath::kUserspaceTls, *contexts.For(client_id), *contexts.For(server_id), server_id);
+  EXPECT_EQ(fresh.client_relay->tunnel().peer_serial(), new_serial);
 
   // The connection opened before the rotation still moves bytes both ways.
   const std::string ping = "still flowing after rotation";
@@ -165,6 +174,17 @@ TEST_F(SvidStoreTest, RotationLeavesOpenConnectionsFlowingAndNewHandshakesGetThe
     ::shutdown(pair->app_server.get(), SHUT_WR);
     EXPECT_EQ(pair->client_result.get().reason, tls::FailureReason::kNone);
   }
+}
+
+TEST_F(SvidStoreTest, ForcedRotationAndForget) {
+  SvidStore store(*ca_, options_);
+  const SpiffeId web = Id("spiffe://cluster.local/ns/default/sa/web");
+  EXPECT_EQ(store.Rotate(web).code(), absl::StatusCode::kNotFound);
+  const std::string first = (*store.Current(web))->serial_hex;
+  ASSERT_TRUE(store.Rotate(web).ok());
+  EXPECT_NE((*store.Current(web))->serial_hex, first);
+  store.Forget(web);
+  EXPECT_TRUE(store.States().empty());
 }
 
 }  // namespace
