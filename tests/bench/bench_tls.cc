@@ -121,7 +121,7 @@ RelayFigures SingleRelayThroughput(tls::Datapath datapath, uint64_t bytes) {
   raw.identity = "server";
   auto raw_ctx = testing::RawContext(raw);
   std::thread raw_accept;
-  tls::SslPtr reader;
+  SslPtr reader;
   raw_accept = std::thread([&] { reader = testing::RawHandshake(raw_ctx.get(), reader_fd.get(), false); });
   tls::SessionOptions options;
   options.role = tls::Role::kClient;

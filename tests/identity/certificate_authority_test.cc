@@ -194,12 +194,7 @@ TEST_F(CertificateAuthorityTest, TwoSvidsFromTheCaCompleteAMutualHandshake) {
   auto ca = *CertificateAuthority::Init(dir_, "cluster.local");
   auto make = [&](const std::string& sa) {
     auto svid = *ca->Issue(Id("spiffe://cluster.local/ns/default/sa/" + sa), IssueOptions{});
-    tls::TlsContextOptions options;
-    options.certificate_chain_pem = svid.chain_pem;
-    options.private_key_pem = svid.private_key_pem;
-    options.trust_bundle_pem = ca->TrustBundlePem();
-    options.trust_domain = "cluster.local";
-    return *tls::TlsContext::Create(options);
+    return meshtls::testing::SvidContext(svid, ca->TrustBundlePem());
   };
   meshtls::testing::LoopThread loop;
   tls::SessionOptions client;

@@ -52,13 +52,7 @@ class DenyListHandshakeTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
   std::shared_ptr<const tls::TlsContext> Ctx(const Svid& svid, std::shared_ptr<DenyListHolder> deny) {
-    tls::TlsContextOptions o;
-    o.certificate_chain_pem = svid.chain_pem;
-    o.private_key_pem = svid.private_key_pem;
-    o.trust_bundle_pem = ca_->TrustBundlePem();
-    o.trust_domain = "cluster.local";
-    o.deny_list = std::move(deny);
-    return *tls::TlsContext::Create(o);
+    return meshtls::testing::SvidContext(svid, ca_->TrustBundlePem(), std::move(deny));
   }
   tls::SessionOptions ClientOptions() {
     tls::SessionOptions o;

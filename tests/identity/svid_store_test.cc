@@ -51,15 +51,6 @@ class SvidStoreTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  std::shared_ptr<const tls::TlsContext> ContextFor(const Svid& svid) {
-    tls::TlsContextOptions o;
-    o.certificate_chain_pem = svid.chain_pem;
-    o.private_key_pem = svid.private_key_pem;
-    o.trust_bundle_pem = ca_->TrustBundlePem();
-    o.trust_domain = "cluster.local";
-    return *tls::TlsContext::Create(o);
-  }
-
   std::string dir_;
   std::unique_ptr<CertificateAuthority> ca_;
   SvidStoreOptions options_;

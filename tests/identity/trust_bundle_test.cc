@@ -19,12 +19,7 @@ TEST(TrustBundleTest, BothRootsVerifyDuringOverlapAndTheOldChainFailsOnceItsRoot
   auto old_ca = *CertificateAuthority::Init(dir + "/old", "cluster.local");
   auto new_ca = *CertificateAuthority::Init(dir + "/new", "cluster.local");
   auto ctx = [](const Svid& svid, const std::string& bundle) {
-    tls::TlsContextOptions o;
-    o.certificate_chain_pem = svid.chain_pem;
-    o.private_key_pem = svid.private_key_pem;
-    o.trust_bundle_pem = bundle;
-    o.trust_domain = "cluster.local";
-    return *tls::TlsContext::Create(o);
+    return meshtls::testing::SvidContext(svid, bundle);
   };
   const Svid old_client = *old_ca->Issue(Id("spiffe://cluster.local/ns/a/sa/client"), IssueOptions{});
   const Svid new_client = *new_ca->Issue(Id("spiffe://cluster.local/ns/a/sa/client"), IssueOptions{});

@@ -53,6 +53,20 @@ std::shared_ptr<const tls::TlsContext> Context(const std::string& name, const st
   return *ctx;
 }
 
+std::shared_ptr<const tls::TlsContext> SvidContext(const identity::Svid& svid,
+                                                   const std::string& bundle_pem,
+                                                   std::shared_ptr<identity::DenyListHolder> deny_list) {
+  tls::TlsContextOptions options;
+  options.certificate_chain_pem = svid.chain_pem;
+  options.private_key_pem = svid.private_key_pem;
+  options.trust_bundle_pem = bundle_pem;
+  options.trust_domain = "cluster.local";
+  options.deny_list = std::move(deny_list);
+  auto ctx = tls::TlsContext::Create(options);
+  if (!ctx.ok()) throw std::runtime_error("context for " + svid.id.ToString() + ": " + std::string(ctx.status().message()));
+  return *ctx;
+}
+
 std::pair<UniqueFd, UniqueFd> TcpPair() {
   UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in addr{};
@@ -138,8 +152,8 @@ bool KtlsRequired() {
 
 namespace meshtls::testing {
 
-tls::SslCtxPtr RawContext(const RawPeerOptions& options) {
-  tls::SslCtxPtr ctx(SSL_CTX_new(TLS_method()));
+SslCtxPtr RawContext(const RawPeerOptions& options) {
+  SslCtxPtr ctx(SSL_CTX_new(TLS_method()));
   SSL_CTX_set_max_proto_version(ctx.get(), options.max_version);
   SSL_CTX_set_num_tickets(ctx.get(), 0);
   SSL_CTX_set_security_level(ctx.get(), 0);  // it must be able to present weak keys
@@ -149,7 +163,7 @@ tls::SslCtxPtr RawContext(const RawPeerOptions& options) {
         SSL_CTX_use_PrivateKey_file(ctx.get(), CertPath(options.identity + ".key").c_str(),
                                     SSL_FILETYPE_PEM) != 1) {
       throw std::runtime_error("raw peer: cannot load " + options.identity + ": " +
-                               tls::DrainOpenSslErrors());
+                               DrainOpenSslErrors());
     }
   }
   SSL_CTX_load_verify_locations(ctx.get(), CertPath(options.bundle).c_str(), nullptr);
@@ -174,12 +188,12 @@ tls::SslCtxPtr RawContext(const RawPeerOptions& options) {
   return ctx;
 }
 
-tls::SslPtr RawHandshake(SSL_CTX* ctx, int fd, bool client, std::string* error) {
-  tls::SslPtr ssl(SSL_new(ctx));
+SslPtr RawHandshake(SSL_CTX* ctx, int fd, bool client, std::string* error) {
+  SslPtr ssl(SSL_new(ctx));
   SSL_set_fd(ssl.get(), fd);
   const int rc = client ? SSL_connect(ssl.get()) : SSL_accept(ssl.get());
   if (rc != 1) {
-    if (error) *error = tls::DrainOpenSslErrors();
+    if (error) *error = DrainOpenSslErrors();
     return nullptr;
   }
   return ssl;

@@ -8,8 +8,9 @@
 
 #include "meshtls/common/event_loop.h"
 #include "meshtls/common/unique_fd.h"
+#include "meshtls/identity/certificate_authority.h"
 #include "meshtls/tls/context.h"
-#include "meshtls/tls/openssl_util.h"
+#include "meshtls/common/openssl.h"
 #include "meshtls/tls/session.h"
 
 namespace meshtls::testing {
@@ -25,6 +26,11 @@ tls::TlsContextOptions Credentials(const std::string& name,
 std::shared_ptr<const tls::TlsContext> Context(const std::string& name,
                                                const std::string& bundle = "bundle.crt",
                                                bool export_traffic_secrets = true);
+
+// A TLS context presenting `svid` and trusting `bundle_pem` (trust domain cluster.local).
+std::shared_ptr<const tls::TlsContext> SvidContext(
+    const identity::Svid& svid, const std::string& bundle_pem,
+    std::shared_ptr<identity::DenyListHolder> deny_list = nullptr);
 
 // A connected TCP pair over loopback (first: the connecting side, second: the accepted side).
 std::pair<UniqueFd, UniqueFd> TcpPair();
@@ -71,9 +77,9 @@ struct RawPeerOptions {
   int max_version = TLS1_3_VERSION;
   std::string cipher_suites;     // empty: OpenSSL's default TLS 1.3 list
 };
-tls::SslCtxPtr RawContext(const RawPeerOptions& options);
+SslCtxPtr RawContext(const RawPeerOptions& options);
 // Handshake on a blocking socket. Returns the SSL (nullptr on failure; `error` says why).
-tls::SslPtr RawHandshake(SSL_CTX* ctx, int fd, bool client, std::string* error = nullptr);
+SslPtr RawHandshake(SSL_CTX* ctx, int fd, bool client, std::string* error = nullptr);
 
 }  // namespace meshtls::testing
 

@@ -19,6 +19,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "meshtls/common/openssl.h"
 #include "meshtls/common/status.h"
 #include "meshtls/common/unique_fd.h"
 #include "meshtls/common/strings.h"
@@ -26,16 +27,7 @@
 namespace meshtls::identity {
 namespace {
 
-template <auto Fn>
-struct Deleter {
-  template <typename T>
-  void operator()(T* p) const {
-    Fn(p);
-  }
-};
-using X509Ptr = std::unique_ptr<X509, Deleter<X509_free>>;
-using KeyPtr = std::unique_ptr<EVP_PKEY, Deleter<EVP_PKEY_free>>;
-using BioPtr = std::unique_ptr<BIO, Deleter<BIO_free_all>>;
+using KeyPtr = EvpPkeyPtr;
 
 constexpr auto kRootLifetime = std::chrono::hours(24 * 3650);
 constexpr auto kIntermediateLifetime = std::chrono::hours(24 * 365);
@@ -45,20 +37,9 @@ constexpr char kIntermediateCert[] = "intermediate.crt";
 constexpr char kIntermediateKey[] = "intermediate.key";
 constexpr char kTrustDomainFile[] = "trust-domain";
 
-std::string OpenSslErrors() {
-  std::string out;
-  while (unsigned long code = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(code, buf, sizeof(buf));
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "no OpenSSL error recorded" : out;
-}
-
 absl::StatusOr<KeyPtr> NewKey() {
   KeyPtr key(EVP_EC_gen("P-256"));
-  if (!key) return absl::InternalError(StrCat("P-256 key generation failed: ", OpenSslErrors()));
+  if (!key) return absl::InternalError(StrCat("P-256 key generation failed: ", DrainOpenSslErrors()));
   return key;
 }
 
@@ -86,11 +67,11 @@ absl::Status AddExtension(X509* cert, X509* issuer, int nid, const std::string& 
   X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
   X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
   if (ext == nullptr) {
-    return absl::InternalError(StrCat("extension ", OBJ_nid2sn(nid), "=", value, ": ", OpenSslErrors()));
+    return absl::InternalError(StrCat("extension ", OBJ_nid2sn(nid), "=", value, ": ", DrainOpenSslErrors()));
   }
   const int ok = X509_add_ext(cert, ext, -1);
   X509_EXTENSION_free(ext);
-  if (ok != 1) return absl::InternalError(StrCat("X509_add_ext: ", OpenSslErrors()));
+  if (ok != 1) return absl::InternalError(StrCat("X509_add_ext: ", DrainOpenSslErrors()));
   return absl::OkStatus();
 }
 
@@ -99,7 +80,7 @@ absl::Status SetRandomSerial(X509* cert, std::string* serial_hex) {
   if (RAND_bytes(bytes, sizeof(bytes)) != 1) return absl::InternalError("RAND_bytes failed");
   bytes[0] &= 0x7f;  // positive, as DER INTEGER serials must be
   bytes[0] |= 0x01;  // and a full 128 bits long, never shortened by leading zeros
-  std::unique_ptr<BIGNUM, Deleter<BN_free>> bn(BN_bin2bn(bytes, sizeof(bytes), nullptr));
+  std::unique_ptr<BIGNUM, OpenSslDeleter<BN_free>> bn(BN_bin2bn(bytes, sizeof(bytes), nullptr));
   if (!bn || BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert)) == nullptr) {
     return absl::InternalError("serial number encoding failed");
   }
@@ -147,13 +128,13 @@ absl::StatusOr<X509Ptr> MakeCertificate(const CertSpec& spec, std::string* seria
   X509* issuer = spec.issuer ? spec.issuer : cert.get();
   if (X509_set_issuer_name(cert.get(), X509_get_subject_name(issuer)) != 1 ||
       X509_set_pubkey(cert.get(), spec.subject_key) != 1) {
-    return absl::InternalError(StrCat("certificate fields: ", OpenSslErrors()));
+    return absl::InternalError(StrCat("certificate fields: ", DrainOpenSslErrors()));
   }
   for (const auto& [nid, value] : spec.extensions) {
     RETURN_IF_ERROR(AddExtension(cert.get(), issuer, nid, value));
   }
   if (X509_sign(cert.get(), spec.issuer_key, EVP_sha256()) <= 0) {
-    return absl::InternalError(StrCat("signing failed: ", OpenSslErrors()));
+    return absl::InternalError(StrCat("signing failed: ", DrainOpenSslErrors()));
   }
   return cert;
 }
@@ -211,14 +192,14 @@ std::string Parent(const std::string& path) {
 absl::StatusOr<X509Ptr> ParseOneCert(const std::string& pem, const std::string& what) {
   BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
   X509Ptr cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
-  if (!cert) return absl::InvalidArgumentError(StrCat(what, ": not a PEM certificate (", OpenSslErrors(), ")"));
+  if (!cert) return absl::InvalidArgumentError(StrCat(what, ": not a PEM certificate (", DrainOpenSslErrors(), ")"));
   return cert;
 }
 
 absl::StatusOr<KeyPtr> ParseKey(const std::string& pem, const std::string& what) {
   BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
   KeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
-  if (!key) return absl::InvalidArgumentError(StrCat(what, ": not a PEM private key (", OpenSslErrors(), ")"));
+  if (!key) return absl::InvalidArgumentError(StrCat(what, ": not a PEM private key (", DrainOpenSslErrors(), ")"));
   return key;
 }
 
@@ -413,14 +394,14 @@ absl::StatusOr<std::vector<CertificateSummary>> SummarizeCertificates(const std:
     s.subject = buf;
     X509_NAME_oneline(X509_get_issuer_name(raw), buf, sizeof(buf));
     s.issuer = buf;
-    std::unique_ptr<BIGNUM, Deleter<BN_free>> bn(ASN1_INTEGER_to_BN(X509_get0_serialNumber(raw), nullptr));
+    std::unique_ptr<BIGNUM, OpenSslDeleter<BN_free>> bn(ASN1_INTEGER_to_BN(X509_get0_serialNumber(raw), nullptr));
     char* hex = BN_bn2hex(bn.get());
     s.serial_hex = ToLower(hex);
     OPENSSL_free(hex);
     s.not_before = ToTimePoint(X509_get0_notBefore(raw));
     s.not_after = ToTimePoint(X509_get0_notAfter(raw));
     s.is_ca = IsCa(raw);
-    std::unique_ptr<GENERAL_NAMES, Deleter<GENERAL_NAMES_free>> names(
+    std::unique_ptr<GENERAL_NAMES, OpenSslDeleter<GENERAL_NAMES_free>> names(
         static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(raw, NID_subject_alt_name, nullptr, nullptr)));
     for (int i = 0; names && i < sk_GENERAL_NAME_num(names.get()); ++i) {
       const GENERAL_NAME* n = sk_GENERAL_NAME_value(names.get(), i);

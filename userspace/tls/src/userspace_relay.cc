@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "meshtls/common/strings.h"
-#include "meshtls/tls/openssl_util.h"
+#include "meshtls/common/openssl.h"
 #include "meshtls/tls/relay.h"
 
 namespace meshtls::tls {

@@ -4,7 +4,7 @@
 
 #include <memory>
 
-#include "meshtls/tls/openssl_util.h"
+#include "meshtls/common/openssl.h"
 
 namespace meshtls::tls {
 namespace {

@@ -8,7 +8,7 @@
 #include "absl/status/statusor.h"
 #include "meshtls/identity/deny_list.h"
 #include "meshtls/identity/spiffe_id.h"
-#include "meshtls/tls/openssl_util.h"
+#include "meshtls/common/openssl.h"
 #include "meshtls/tls/verified_chain_cache.h"
 
 namespace meshtls::tls {

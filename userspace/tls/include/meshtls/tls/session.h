@@ -14,7 +14,7 @@
 #include "meshtls/identity/spiffe_id.h"
 #include "meshtls/tls/context.h"
 #include "meshtls/tls/failure_reason.h"
-#include "meshtls/tls/openssl_util.h"
+#include "meshtls/common/openssl.h"
 
 namespace meshtls::tls {
 

@@ -1,4 +1,4 @@
-#include "meshtls/tls/openssl_util.h"
+#include "meshtls/common/openssl.h"
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -6,7 +6,7 @@
 
 #include "meshtls/common/strings.h"
 
-namespace meshtls::tls {
+namespace meshtls {
 
 std::string DrainOpenSslErrors() {
   std::string out;
@@ -49,4 +49,4 @@ void Wipe(std::vector<uint8_t>& bytes) {
   bytes.clear();
 }
 
-}  // namespace meshtls::tls
+}  // namespace meshtls

@@ -12,7 +12,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace meshtls::tls {
+namespace meshtls {
 
 template <auto Fn>
 struct OpenSslDeleter {
@@ -36,4 +36,4 @@ absl::StatusOr<EvpPkeyPtr> ParsePemPrivateKey(std::string_view pem);
 // Overwrites secret bytes so they do not linger in freed memory.
 void Wipe(std::vector<uint8_t>& bytes);
 
-}  // namespace meshtls::tls
+}  // namespace meshtls
