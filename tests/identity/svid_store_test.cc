@@ -180,3 +180,28 @@ TEST_F(SvidStoreTest, ForcedRotationAndForget) {
 
 }  // namespace
 }  // namespace meshtls::identity
+
+namespace meshtls::identity {
+namespace {
+
+TEST_F(SvidStoreTest, RenewalsAndExpiryAreExportedAsMetrics) {
+  options_.metrics = std::make_shared<telemetry::Metrics>();
+  FlakyProvider flaky(*ca_);
+  SvidStore store(flaky, options_);
+  const SpiffeId web = Id("spiffe://cluster.local/ns/default/sa/web");
+  auto svid = *store.Current(web);
+  now_ = store.States()[0].rotate_at + 1s;
+  flaky.fail = true;
+  store.Tick();
+  const std::string text = options_.metrics->Serialize();
+  EXPECT_NE(text.find("meshtls_svid_rotations_total{result=\"success\"} 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("meshtls_svid_rotations_total{result=\"failure\"} 1"), std::string::npos) << text;
+  const std::string expiry = "meshtls_certificate_expiration_timestamp_seconds{spiffe_id=\"" + web.ToString() + "\"} " +
+                             std::to_string(Clock::to_time_t(svid->not_after));
+  EXPECT_NE(text.find(expiry), std::string::npos) << text;
+  store.Forget(web);
+  EXPECT_EQ(options_.metrics->Serialize().find("spiffe_id=\"" + web.ToString()), std::string::npos);
+}
+
+}  // namespace
+}  // namespace meshtls::identity

@@ -26,6 +26,7 @@ absl::Status SvidStore::Renew(Entry& entry) {
     entry.backoff = entry.backoff.count() == 0 ? options_.retry_initial
                                                 : std::min(entry.backoff * 2, options_.retry_max);
     entry.state.rotate_at = now + entry.backoff;
+    if (options_.metrics) options_.metrics->SvidRenewal(false);
     spdlog::warn("svid issuance failed for {} ({} in a row; retry in {}s; {}): {}",
                  entry.state.id.ToString(), entry.state.failures, entry.backoff.count(),
                  entry.svid ? "keeping the current SVID" : "no SVID yet", entry.state.last_error);
@@ -41,6 +42,10 @@ absl::Status SvidStore::Renew(Entry& entry) {
   entry.state.not_before = fresh->not_before;
   entry.state.not_after = fresh->not_after;
   entry.state.rotate_at = RotationTime(*fresh);
+  if (options_.metrics) {
+    options_.metrics->SvidRenewal(true);
+    options_.metrics->SvidExpiry(fresh->id.ToString(), fresh->not_after);
+  }
   spdlog::info("svid issued for {}: serial {} valid until {}s from now, renewal in {}s",
                fresh->id.ToString(), fresh->serial_hex,
                std::chrono::duration_cast<std::chrono::seconds>(fresh->not_after - now).count(),
@@ -86,6 +91,7 @@ std::vector<SvidState> SvidStore::States() const {
 void SvidStore::Forget(const SpiffeId& id) {
   std::lock_guard lock(mutex_);
   entries_.erase(id.ToString());
+  if (options_.metrics) options_.metrics->ForgetSvid(id.ToString());
 }
 
 }  // namespace meshtls::identity

@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "meshtls/identity/certificate_authority.h"
+#include "meshtls/telemetry/metrics.h"
 
 namespace meshtls::identity {
 
@@ -26,6 +27,8 @@ struct SvidStoreOptions {
     return std::chrono::system_clock::now();
   };
   uint64_t seed = std::random_device{}();
+  // Renewal results and expiry times go here when set.
+  std::shared_ptr<telemetry::Metrics> metrics;
 };
 
 // What the status API and metrics show for one identity.
