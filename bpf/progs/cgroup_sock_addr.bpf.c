@@ -1,0 +1,85 @@
+// cgroup sock_addr hooks: steer a meshed workload's TCP connects to mesh endpoints into the
+// agent's outbound listener inside the workload's own netns, and show the application the
+// destination it asked for.
+#include <linux/bpf.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "meshtls_maps.h"
+
+#define AF_INET 2
+#define SOCK_STREAM 1
+
+char LICENSE[] SEC("license") = "GPL";
+
+// Set by the loader before load (read-only data).
+const volatile __u16 outbound_port = 15001;
+const volatile __u16 inbound_capture_port = 15006;
+const volatile __u16 tunnel_port = 15008;
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, MESHTLS_MAX_CGROUPS);
+  __type(key, __u64);
+  __type(value, struct meshtls_workload);
+} meshed_cgroups SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, MESHTLS_MAX_ENDPOINTS);
+  __type(key, struct meshtls_endpoint4);
+  __type(value, __u8);
+} mesh_endpoints4 SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, MESHTLS_MAX_EXCLUDED_PORTS);
+  __type(key, __u16); /* host byte order */
+  __type(value, __u8);
+} excluded_ports SEC(".maps");
+
+// LRU, so that entries of sockets that never reached the agent cannot fill it.
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, MESHTLS_MAX_ORIGINAL_DESTINATIONS);
+  __type(key, __u64);
+  __type(value, struct meshtls_original_destination);
+} original_destinations SEC(".maps");
+
+SEC("cgroup/connect4")
+int meshtls_connect4(struct bpf_sock_addr *ctx) {
+  if (ctx->type != SOCK_STREAM) return 1;
+  __u64 cgroup = bpf_get_current_cgroup_id();
+  struct meshtls_workload *workload = bpf_map_lookup_elem(&meshed_cgroups, &cgroup);
+  if (!workload || workload->mode == MESHTLS_MODE_DISABLE) return 1;
+
+  __u32 addr = ctx->user_ip4;
+  if ((bpf_ntohl(addr) >> 24) == 127) return 1;  // loopback stays local
+  __u16 port = bpf_ntohs((__u16)ctx->user_port);
+  if (port == outbound_port || port == inbound_capture_port || port == tunnel_port) return 1;
+  if (bpf_map_lookup_elem(&excluded_ports, &port)) return 1;
+  struct meshtls_endpoint4 endpoint = {.addr = addr};
+  if (!bpf_map_lookup_elem(&mesh_endpoints4, &endpoint)) return 1;
+
+  __u64 cookie = bpf_get_socket_cookie(ctx);
+  struct meshtls_original_destination original = {};
+  original.addr4 = addr;
+  original.port = (__u16)ctx->user_port;
+  original.family = AF_INET;
+  // Without a record the agent could not route the connection: refuse it (fail closed).
+  if (bpf_map_update_elem(&original_destinations, &cookie, &original, BPF_ANY) != 0) return 0;
+  ctx->user_ip4 = bpf_htonl(0x7f000001);
+  ctx->user_port = bpf_htons(outbound_port);
+  return 1;
+}
+
+SEC("cgroup/getpeername4")
+int meshtls_getpeername4(struct bpf_sock_addr *ctx) {
+  __u64 cookie = bpf_get_socket_cookie(ctx);
+  struct meshtls_original_destination *original = bpf_map_lookup_elem(&original_destinations, &cookie);
+  if (original && original->family == AF_INET) {
+    ctx->user_ip4 = original->addr4;
+    ctx->user_port = original->port;
+  }
+  return 1;
+}

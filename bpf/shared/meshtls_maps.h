@@ -1,0 +1,36 @@
+/* Structs shared by the BPF programs and the C++ datapath library. Sizes and offsets are
+ * checked on both sides (static_assert in tests/datapath/shared_structs_test.cc). */
+#pragma once
+
+#include <linux/types.h>
+
+#define MESHTLS_MAX_CGROUPS 4096
+#define MESHTLS_MAX_ENDPOINTS 65536
+#define MESHTLS_MAX_EXCLUDED_PORTS 256
+#define MESHTLS_MAX_ORIGINAL_DESTINATIONS 65536
+
+enum meshtls_mode {
+  MESHTLS_MODE_DISABLE = 0,
+  MESHTLS_MODE_PERMISSIVE = 1,
+  MESHTLS_MODE_STRICT = 2,
+};
+
+/* Value of meshed_cgroups, keyed by cgroup id (__u64). */
+struct meshtls_workload {
+  __u32 workload_index;
+  __u8 mode; /* enum meshtls_mode */
+  __u8 reserved[3];
+};
+
+/* Key of mesh_endpoints4: an IPv4 address in network byte order. */
+struct meshtls_endpoint4 {
+  __u32 addr;
+};
+
+/* Value of original_destinations, keyed by the connecting socket's cookie (__u64). */
+struct meshtls_original_destination {
+  __u32 addr4;    /* network byte order, when family == AF_INET */
+  __u32 addr6[4]; /* network byte order, when family == AF_INET6 */
+  __u16 port;     /* network byte order */
+  __u16 family;
+};

@@ -1,0 +1,193 @@
+// Privileged (root, BPF, cgroup v2, network namespaces): the connect4 redirect and getpeername4
+// on the running kernel. Every test makes its own cgroups and netns and removes them.
+#include "meshtls/datapath/cgroup_steering.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace meshtls::datapath {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string Cgroup2Root() {
+  std::ifstream mounts("/proc/mounts");
+  std::string dev, path, type, rest;
+  while (mounts >> dev >> path >> type && std::getline(mounts, rest)) {
+    if (type == "cgroup2") return path;
+  }
+  return "";
+}
+
+// Runs `body` in a child process inside `cgroup`, in a fresh network namespace with lo up.
+// Returns the child's exit code (0 = all good; other values name the failed step).
+int RunInCgroupAndNetns(const std::string& cgroup, const std::function<int()>& body) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    std::ofstream(cgroup + "/cgroup.procs") << "0" << std::flush;
+    if (::unshare(CLONE_NEWNET) != 0) _exit(90);
+    int s = ::socket(AF_INET, SOCK_DGRAM, 0);
+    ifreq ifr{};
+    std::strcpy(ifr.ifr_name, "lo");
+    ifr.ifr_flags = IFF_UP;
+    if (::ioctl(s, SIOCSIFFLAGS, &ifr) != 0) _exit(91);
+    ::close(s);
+    _exit(body());
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 99;
+}
+
+class CgroupSteeringTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(::geteuid(), 0u) << "privileged test: run as root (CI does)";
+    root_ = Cgroup2Root();
+    ASSERT_FALSE(root_.empty()) << "no cgroup2 mount";
+    base_ = root_ + "/meshtls-test-" + std::to_string(::getpid());
+    ASSERT_TRUE(fs::create_directories(base_ + "/meshed")) << base_;
+    fs::create_directories(base_ + "/plain");
+    auto steering = CgroupSteering::Create(SteeringConfig{});
+    ASSERT_TRUE(steering.ok()) << steering.status();
+    steering_ = std::move(*steering);
+    ASSERT_TRUE(steering_->AttachTo(base_).ok());
+    meshed_id_ = *CgroupId(base_ + "/meshed");
+    ASSERT_TRUE(steering_->SetMeshedCgroup(meshed_id_, {7, MESHTLS_MODE_STRICT, {}}).ok());
+    ::inet_pton(AF_INET, "192.0.2.10", &endpoint_);  // TEST-NET-1: never routed anywhere
+    ASSERT_TRUE(steering_->AddMeshEndpoint(endpoint_).ok());
+  }
+  void TearDown() override {
+    steering_.reset();  // detaches the programs
+    if (!base_.empty()) {
+      ::rmdir((base_ + "/meshed").c_str());
+      ::rmdir((base_ + "/plain").c_str());
+      ::rmdir(base_.c_str());
+    }
+  }
+  std::string root_, base_;
+  std::unique_ptr<CgroupSteering> steering_;
+  uint64_t meshed_id_ = 0;
+  in_addr endpoint_{};
+};
+
+int ListenOn(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(fd, 1024) != 0) return -1;
+  return fd;
+}
+
+int ConnectTo(in_addr addr, uint16_t port, int* error) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr = addr;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    *error = errno;
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+TEST_F(CgroupSteeringTest, MeshedConnectIsRedirectedAndTheAppSeesTheOriginalPeer) {
+  const int rc = RunInCgroupAndNetns(base_ + "/meshed", [&] {
+    int listener = ListenOn(15001);
+    if (listener < 0) return 1;
+    int error = 0;
+    int client = ConnectTo(endpoint_, 80, &error);
+    if (client < 0) return 2;
+    int accepted = ::accept(listener, nullptr, nullptr);
+    if (accepted < 0) return 3;
+    sockaddr_in peer{};
+    socklen_t len = sizeof(peer);
+    ::getpeername(client, reinterpret_cast<sockaddr*>(&peer), &len);
+    if (peer.sin_addr.s_addr != endpoint_.s_addr || ntohs(peer.sin_port) != 80) return 4;
+    uint64_t cookie = 0;
+    socklen_t cookie_len = sizeof(cookie);
+    if (::getsockopt(client, SOL_SOCKET, SO_COOKIE, &cookie, &cookie_len) != 0) return 5;
+    auto original = steering_->OriginalDestination(cookie);  // map fds are inherited
+    if (!original.ok() || !*original) return 6;
+    if ((*original)->addr4 != endpoint_.s_addr || ntohs((*original)->port) != 80) return 7;
+    // Loopback and non-endpoint destinations are left alone.
+    in_addr other{};
+    ::inet_pton(AF_INET, "192.0.2.11", &other);
+    if (ConnectTo(other, 80, &error) >= 0 || error != ENETUNREACH) return 8;
+    return 0;
+  });
+  EXPECT_EQ(rc, 0) << "failed step " << rc;
+}
+
+TEST_F(CgroupSteeringTest, NonMeshedCgroupIsUntouched) {
+  const int rc = RunInCgroupAndNetns(base_ + "/plain", [&] {
+    int listener = ListenOn(15001);
+    if (listener < 0) return 1;
+    int error = 0;
+    // Not redirected: the netns has no route to the endpoint, so the connect fails at once.
+    if (ConnectTo(endpoint_, 80, &error) >= 0) return 2;
+    return error == ENETUNREACH ? 0 : 3;
+  });
+  EXPECT_EQ(rc, 0) << "failed step " << rc;
+}
+
+TEST_F(CgroupSteeringTest, ExcludedPortsAndAgentPortsAreNotRedirected) {
+  ASSERT_TRUE(steering_->AddExcludedPort(5432).ok());
+  const int rc = RunInCgroupAndNetns(base_ + "/meshed", [&] {
+    int listener = ListenOn(15001);
+    if (listener < 0) return 1;
+    for (uint16_t port : {5432, 15008, 15001}) {
+      int error = 0;
+      if (ConnectTo(endpoint_, port, &error) >= 0 || error != ENETUNREACH) return 10 + (port % 10);
+    }
+    return 0;
+  });
+  EXPECT_EQ(rc, 0) << "failed step " << rc;
+}
+
+TEST_F(CgroupSteeringTest, OriginalDestinationsAreExactForAThousandConcurrentConnections) {
+  const int rc = RunInCgroupAndNetns(base_ + "/meshed", [&] {
+    int listener = ListenOn(15001);
+    if (listener < 0) return 1;
+    std::vector<int> clients;
+    for (int i = 0; i < 1000; ++i) {
+      // Many destinations on one endpoint: ports 20000..20999.
+      int error = 0;
+      int fd = ConnectTo(endpoint_, static_cast<uint16_t>(20000 + i), &error);
+      if (fd < 0) return 2;
+      clients.push_back(fd);
+      int accepted = ::accept(listener, nullptr, nullptr);
+      if (accepted < 0) return 3;
+    }
+    for (int i = 0; i < 1000; ++i) {
+      uint64_t cookie = 0;
+      socklen_t len = sizeof(cookie);
+      ::getsockopt(clients[i], SOL_SOCKET, SO_COOKIE, &cookie, &len);
+      auto original = steering_->OriginalDestination(cookie);
+      if (!original.ok() || !*original || ntohs((*original)->port) != 20000 + i) return 4;
+    }
+    return 0;
+  });
+  EXPECT_EQ(rc, 0) << "failed step " << rc;
+}
+
+}  // namespace
+}  // namespace meshtls::datapath
