@@ -18,6 +18,8 @@
 #include <functional>
 #include <string>
 
+#include <bpf/bpf.h>
+
 #include "gtest/gtest.h"
 
 namespace meshtls::datapath {
@@ -191,6 +193,76 @@ TEST_F(CgroupSteeringTest, OriginalDestinationsAreExactForAThousandConcurrentCon
     return 0;
   });
   EXPECT_EQ(rc, 0) << "failed step " << rc;
+}
+
+class PinnedSteeringTest : public CgroupSteeringTest {
+ protected:
+  void SetUp() override {
+    CgroupSteeringTest::SetUp();
+    steering_.reset();  // the base fixture's unpinned attachment goes away
+    ASSERT_TRUE(EnsureBpffs().ok());
+    config_.pin_dir = "/sys/fs/bpf/meshtls-test-" + std::to_string(::getpid());
+  }
+  void TearDown() override {
+    CgroupSteeringTest::TearDown();
+    std::error_code ec;
+    fs::remove_all(config_.pin_dir, ec);
+  }
+  uint32_t Attached() { return *AttachedProgramCount(base_, BPF_CGROUP_INET4_CONNECT); }
+  std::unique_ptr<CgroupSteering> Start() {
+    auto s = CgroupSteering::Create(config_);
+    EXPECT_TRUE(s.ok()) << s.status();
+    EXPECT_TRUE((*s)->AttachTo(base_).ok());
+    return std::move(*s);
+  }
+  SteeringConfig config_;
+};
+
+TEST_F(PinnedSteeringTest, KilledAgentFailsClosedAndRestartAdoptsWithoutDuplicates) {
+  ASSERT_EQ(Attached(), 0u);
+  auto first = Start();
+  ASSERT_TRUE(first->SetMeshedCgroup(meshed_id_, {1, MESHTLS_MODE_STRICT, {}}).ok());
+  ASSERT_TRUE(first->AddMeshEndpoint(endpoint_).ok());
+  ASSERT_EQ(Attached(), 1u);
+  // The agent dies (as after kill -9): its pins keep the programs attached.
+  first->LeaveAttachedOnExit();
+  first.reset();
+  EXPECT_EQ(Attached(), 1u);
+
+  // With no agent listening, a STRICT pod's connect to a mesh endpoint is refused: it is still
+  // steered to the agent's port, never sent in plaintext to the endpoint.
+  const int refused = RunInCgroupAndNetns(base_ + "/meshed", [&] {
+    int error = 0;
+    if (ConnectTo(endpoint_, 80, &error) >= 0) return 1;
+    return error == ECONNREFUSED ? 0 : 2;
+  });
+  EXPECT_EQ(refused, 0) << "failed step " << refused;
+
+  // A restarted agent adopts the pinned links (no second attachment) and the pinned maps (the
+  // workload entries survive), and steering works again.
+  auto second = Start();
+  EXPECT_EQ(Attached(), 1u) << "restart stacked a duplicate attachment";
+  const int redirected = RunInCgroupAndNetns(base_ + "/meshed", [&] {
+    int listener = ListenOn(15001);
+    int error = 0;
+    if (listener < 0) return 1;
+    return ConnectTo(endpoint_, 80, &error) >= 0 ? 0 : 2;
+  });
+  EXPECT_EQ(redirected, 0) << "failed step " << redirected;
+
+  // A clean shutdown detaches and removes the pins.
+  second.reset();
+  EXPECT_EQ(Attached(), 0u);
+  EXPECT_TRUE(fs::is_empty(config_.pin_dir + "/links"));
+}
+
+TEST_F(PinnedSteeringTest, UnpinnedSteeringDetachesWithTheObject) {
+  auto steering = CgroupSteering::Create(SteeringConfig{});
+  ASSERT_TRUE(steering.ok());
+  ASSERT_TRUE((*steering)->AttachTo(base_).ok());
+  EXPECT_EQ(Attached(), 1u);
+  steering->reset();
+  EXPECT_EQ(Attached(), 0u);
 }
 
 }  // namespace

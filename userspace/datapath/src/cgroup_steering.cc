@@ -3,9 +3,15 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <vector>
 
 #include "meshtls/bpf/cgroup_sock_addr.skel.h"
@@ -13,6 +19,7 @@
 #include "meshtls/common/strings.h"
 #include "meshtls/common/unique_fd.h"
 #include "meshtls/datapath/bpf_skeleton.h"
+#include "spdlog/spdlog.h"
 
 namespace meshtls::datapath {
 
@@ -20,35 +27,133 @@ MESHTLS_BPF_SKELETON(cgroup_sock_addr);
 
 struct CgroupSteering::Impl {
   explicit Impl(BpfSkeleton<cgroup_sock_addr> s) : skeleton(std::move(s)) {}
-  ~Impl() {
-    for (bpf_link* link : links) bpf_link__destroy(link);
-  }
   BpfSkeleton<cgroup_sock_addr> skeleton;
   std::vector<bpf_link*> links;
+  std::string pin_dir;
 };
+
+namespace {
+
+std::vector<bpf_map*> Maps(cgroup_sock_addr* s) {
+  return {s->maps.meshed_cgroups, s->maps.mesh_endpoints4, s->maps.excluded_ports,
+          s->maps.original_destinations};
+}
+
+absl::Status MakeDirs(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);
+  if (ec) return absl::InternalError(StrCat("create ", path, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status EnsureBpffs(const std::string& mount_point) {
+  struct statfs fs {};
+  if (::statfs(mount_point.c_str(), &fs) == 0 && fs.f_type == BPF_FS_MAGIC) return absl::OkStatus();
+  RETURN_IF_ERROR(MakeDirs(mount_point));
+  if (::mount("bpf", mount_point.c_str(), "bpf", 0, "mode=0700") != 0) {
+    return ErrnoStatus(errno, StrCat("mount bpffs at ", mount_point));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint32_t> AttachedProgramCount(const std::string& cgroup_path, int attach_type) {
+  UniqueFd cgroup(::open(cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!cgroup) return ErrnoStatus(errno, StrCat("open cgroup ", cgroup_path));
+  uint32_t ids[64];
+  uint32_t count = 64;
+  uint32_t flags = 0;
+  if (bpf_prog_query(cgroup.get(), static_cast<bpf_attach_type>(attach_type), 0, &flags, ids, &count) != 0) {
+    return ErrnoStatus(errno, "bpf_prog_query");
+  }
+  return count;
+}
 
 absl::StatusOr<std::unique_ptr<CgroupSteering>> CgroupSteering::Create(const SteeringConfig& config) {
   ASSIGN_OR_RETURN(BpfSkeleton<cgroup_sock_addr> skeleton, BpfSkeleton<cgroup_sock_addr>::Open());
   skeleton->rodata->outbound_port = config.outbound_port;
   skeleton->rodata->inbound_capture_port = config.inbound_capture_port;
   skeleton->rodata->tunnel_port = config.tunnel_port;
-  RETURN_IF_ERROR(skeleton.Load());
+  if (!config.pin_dir.empty()) {
+    RETURN_IF_ERROR(EnsureBpffs(std::filesystem::path(config.pin_dir).parent_path().string()));
+    RETURN_IF_ERROR(MakeDirs(config.pin_dir + "/maps"));
+    RETURN_IF_ERROR(MakeDirs(config.pin_dir + "/links"));
+    // Maps pinned by an earlier agent are reused (their contents survive the restart).
+    for (bpf_map* map : Maps(skeleton.get())) {
+      const std::string path = StrCat(config.pin_dir, "/maps/", bpf_map__name(map));
+      if (bpf_map__set_pin_path(map, path.c_str()) != 0) return ErrnoStatus(errno, "set pin path");
+    }
+  }
+  absl::Status loaded = skeleton.Load();
+  if (!loaded.ok() && !config.pin_dir.empty()) {
+    // A pinned map from an incompatible earlier version: replace it rather than refuse to start.
+    spdlog::warn("BPF load with the pinned maps failed ({}); replacing the pinned maps", loaded.message());
+    for (bpf_map* map : Maps(skeleton.get())) {
+      ::unlink(StrCat(config.pin_dir, "/maps/", bpf_map__name(map)).c_str());
+    }
+    ASSIGN_OR_RETURN(skeleton, BpfSkeleton<cgroup_sock_addr>::Open());
+    skeleton->rodata->outbound_port = config.outbound_port;
+    skeleton->rodata->inbound_capture_port = config.inbound_capture_port;
+    skeleton->rodata->tunnel_port = config.tunnel_port;
+    for (bpf_map* map : Maps(skeleton.get())) {
+      const std::string path = StrCat(config.pin_dir, "/maps/", bpf_map__name(map));
+      bpf_map__set_pin_path(map, path.c_str());
+    }
+    loaded = skeleton.Load();
+  }
+  RETURN_IF_ERROR(loaded);
   std::unique_ptr<CgroupSteering> steering(new CgroupSteering());
   steering->impl_ = std::make_unique<Impl>(std::move(skeleton));
+  steering->impl_->pin_dir = config.pin_dir;
   return steering;
 }
 
-CgroupSteering::~CgroupSteering() = default;
+CgroupSteering::~CgroupSteering() {
+  if (!impl_) return;
+  const bool unpin = !leave_attached_ && !impl_->pin_dir.empty();
+  for (bpf_link* link : impl_->links) {
+    // An unpinned link detaches when its last fd closes; a pinned one stays attached.
+    if (unpin) bpf_link__unpin(link);
+    bpf_link__destroy(link);
+  }
+  if (unpin) {
+    for (bpf_map* map : Maps(impl_->skeleton.get())) bpf_map__unpin(map, nullptr);
+  }
+}
 
 absl::Status CgroupSteering::AttachTo(const std::string& cgroup_path) {
   UniqueFd cgroup(::open(cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!cgroup) return ErrnoStatus(errno, StrCat("open cgroup ", cgroup_path));
+  ASSIGN_OR_RETURN(uint64_t cgroup_id, CgroupId(cgroup_path));
   for (bpf_program* program : {impl_->skeleton->progs.meshtls_connect4, impl_->skeleton->progs.meshtls_getpeername4}) {
+    const std::string pin = impl_->pin_dir.empty()
+                                ? std::string()
+                                : StrCat(impl_->pin_dir, "/links/", cgroup_id, "-", bpf_program__name(program));
+    if (!pin.empty() && ::access(pin.c_str(), F_OK) == 0) {
+      // Adopt the earlier agent's link and point it at this agent's program.
+      bpf_link* link = bpf_link__open(pin.c_str());
+      if (link != nullptr && bpf_link__update_program(link, program) == 0) {
+        spdlog::info("adopted pinned BPF link {} for {}", pin, cgroup_path);
+        impl_->links.push_back(link);
+        continue;
+      }
+      spdlog::warn("pinned BPF link {} cannot be adopted ({}); replacing it", pin, std::strerror(errno));
+      if (link != nullptr) {
+        bpf_link__unpin(link);
+        bpf_link__destroy(link);
+      } else {
+        ::unlink(pin.c_str());
+      }
+    }
     bpf_link* link = bpf_program__attach_cgroup(program, cgroup.get());
     if (link == nullptr) {
       return ErrnoStatus(errno, StrCat("attach ", bpf_program__name(program), " to ", cgroup_path));
     }
     impl_->links.push_back(link);
+    if (!pin.empty() && bpf_link__pin(link, pin.c_str()) != 0) {
+      return ErrnoStatus(errno, StrCat("pin ", pin));
+    }
   }
   return absl::OkStatus();
 }

@@ -19,6 +19,9 @@ struct SteeringConfig {
   uint16_t outbound_port = 15001;
   uint16_t inbound_capture_port = 15006;
   uint16_t tunnel_port = 15008;
+  // Where maps and links are pinned (e.g. /sys/fs/bpf/meshtls), so that they outlive the agent
+  // and a restarted agent adopts them. Empty: nothing pinned, everything ends with the object.
+  std::string pin_dir;
 };
 
 // The cgroup sock_addr programs (connect4 redirect, getpeername4) and their maps, with a typed
@@ -29,7 +32,13 @@ class CgroupSteering {
   ~CgroupSteering();
 
   // Attaches connect4 and getpeername4 to a cgroup v2 directory (effective for its subtree).
+  // With a pin_dir, a link pinned by an earlier agent for the same cgroup and program is adopted
+  // and switched to this agent's program: never a second attachment.
   absl::Status AttachTo(const std::string& cgroup_path);
+
+  // Keep the programs attached and the maps pinned after this object is gone (an agent restart
+  // or upgrade). Without it, destruction detaches everything and removes the pins.
+  void LeaveAttachedOnExit() { leave_attached_ = true; }
 
   absl::Status SetMeshedCgroup(uint64_t cgroup_id, const meshtls_workload& workload);
   absl::Status RemoveMeshedCgroup(uint64_t cgroup_id);
@@ -45,7 +54,14 @@ class CgroupSteering {
   CgroupSteering() = default;
   struct Impl;
   std::unique_ptr<Impl> impl_;
+  bool leave_attached_ = false;
 };
+
+// Mounts bpffs at `mount_point` unless one is there already.
+absl::Status EnsureBpffs(const std::string& mount_point = "/sys/fs/bpf");
+
+// How many programs are attached to `cgroup_path` for `attach_type` (e.g. BPF_CGROUP_INET4_CONNECT).
+absl::StatusOr<uint32_t> AttachedProgramCount(const std::string& cgroup_path, int attach_type);
 
 // The cgroup id of a cgroup v2 directory (its inode number), as bpf_get_current_cgroup_id() sees it.
 absl::StatusOr<uint64_t> CgroupId(const std::string& cgroup_path);
