@@ -8,6 +8,7 @@
 #include "meshtls_maps.h"
 
 #define AF_INET 2
+#define AF_INET6 10
 #define SOCK_STREAM 1
 
 char LICENSE[] SEC("license") = "GPL";
@@ -33,6 +34,13 @@ struct {
 
 struct {
   __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, MESHTLS_MAX_ENDPOINTS);
+  __type(key, struct meshtls_endpoint6);
+  __type(value, __u8);
+} mesh_endpoints6 SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
   __uint(max_entries, MESHTLS_MAX_EXCLUDED_PORTS);
   __type(key, __u16); /* host byte order */
   __type(value, __u8);
@@ -46,18 +54,23 @@ struct {
   __type(value, struct meshtls_original_destination);
 } original_destinations SEC(".maps");
 
-SEC("cgroup/connect4")
-int meshtls_connect4(struct bpf_sock_addr *ctx) {
-  if (ctx->type != SOCK_STREAM) return 1;
+// True when the calling socket belongs to a meshed workload and the port may be steered.
+static __always_inline int steerable(struct bpf_sock_addr *ctx) {
+  if (ctx->type != SOCK_STREAM) return 0;
   __u64 cgroup = bpf_get_current_cgroup_id();
   struct meshtls_workload *workload = bpf_map_lookup_elem(&meshed_cgroups, &cgroup);
-  if (!workload || workload->mode == MESHTLS_MODE_DISABLE) return 1;
+  if (!workload || workload->mode == MESHTLS_MODE_DISABLE) return 0;
+  __u16 port = bpf_ntohs((__u16)ctx->user_port);
+  if (port == outbound_port || port == inbound_capture_port || port == tunnel_port) return 0;
+  if (bpf_map_lookup_elem(&excluded_ports, &port)) return 0;
+  return 1;
+}
 
+SEC("cgroup/connect4")
+int meshtls_connect4(struct bpf_sock_addr *ctx) {
+  if (!steerable(ctx)) return 1;
   __u32 addr = ctx->user_ip4;
   if ((bpf_ntohl(addr) >> 24) == 127) return 1;  // loopback stays local
-  __u16 port = bpf_ntohs((__u16)ctx->user_port);
-  if (port == outbound_port || port == inbound_capture_port || port == tunnel_port) return 1;
-  if (bpf_map_lookup_elem(&excluded_ports, &port)) return 1;
   struct meshtls_endpoint4 endpoint = {.addr = addr};
   if (!bpf_map_lookup_elem(&mesh_endpoints4, &endpoint)) return 1;
 
@@ -79,6 +92,48 @@ int meshtls_getpeername4(struct bpf_sock_addr *ctx) {
   struct meshtls_original_destination *original = bpf_map_lookup_elem(&original_destinations, &cookie);
   if (original && original->family == AF_INET) {
     ctx->user_ip4 = original->addr4;
+    ctx->user_port = original->port;
+  }
+  return 1;
+}
+
+SEC("cgroup/connect6")
+int meshtls_connect6(struct bpf_sock_addr *ctx) {
+  if (!steerable(ctx)) return 1;
+  struct meshtls_endpoint6 endpoint = {};
+  endpoint.addr[0] = ctx->user_ip6[0];
+  endpoint.addr[1] = ctx->user_ip6[1];
+  endpoint.addr[2] = ctx->user_ip6[2];
+  endpoint.addr[3] = ctx->user_ip6[3];
+  // ::1 is never an endpoint; anything not in the map is left alone.
+  if (!bpf_map_lookup_elem(&mesh_endpoints6, &endpoint)) return 1;
+
+  __u64 cookie = bpf_get_socket_cookie(ctx);
+  struct meshtls_original_destination original = {};
+  original.addr6[0] = endpoint.addr[0];
+  original.addr6[1] = endpoint.addr[1];
+  original.addr6[2] = endpoint.addr[2];
+  original.addr6[3] = endpoint.addr[3];
+  original.port = (__u16)ctx->user_port;
+  original.family = AF_INET6;
+  if (bpf_map_update_elem(&original_destinations, &cookie, &original, BPF_ANY) != 0) return 0;
+  ctx->user_ip6[0] = 0;
+  ctx->user_ip6[1] = 0;
+  ctx->user_ip6[2] = 0;
+  ctx->user_ip6[3] = bpf_htonl(1);
+  ctx->user_port = bpf_htons(outbound_port);
+  return 1;
+}
+
+SEC("cgroup/getpeername6")
+int meshtls_getpeername6(struct bpf_sock_addr *ctx) {
+  __u64 cookie = bpf_get_socket_cookie(ctx);
+  struct meshtls_original_destination *original = bpf_map_lookup_elem(&original_destinations, &cookie);
+  if (original && original->family == AF_INET6) {
+    ctx->user_ip6[0] = original->addr6[0];
+    ctx->user_ip6[1] = original->addr6[1];
+    ctx->user_ip6[2] = original->addr6[2];
+    ctx->user_ip6[3] = original->addr6[3];
     ctx->user_port = original->port;
   }
   return 1;

@@ -27,6 +27,11 @@ struct meshtls_endpoint4 {
   __u32 addr;
 };
 
+/* Key of mesh_endpoints6: an IPv6 address in network byte order. */
+struct meshtls_endpoint6 {
+  __u32 addr[4];
+};
+
 /* Value of original_destinations, keyed by the connecting socket's cookie (__u64). */
 struct meshtls_original_destination {
   __u32 addr4;    /* network byte order, when family == AF_INET */

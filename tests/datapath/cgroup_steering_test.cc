@@ -195,6 +195,37 @@ TEST_F(CgroupSteeringTest, OriginalDestinationsAreExactForAThousandConcurrentCon
   EXPECT_EQ(rc, 0) << "failed step " << rc;
 }
 
+TEST_F(CgroupSteeringTest, Ipv6ConnectIsRedirectedToTheLoopbackListener) {
+  in6_addr endpoint6{};
+  ::inet_pton(AF_INET6, "2001:db8::10", &endpoint6);  // documentation prefix: never routed
+  ASSERT_TRUE(steering_->AddMeshEndpoint(endpoint6).ok());
+  const int rc = RunInCgroupAndNetns(base_ + "/meshed", [&] {
+    int listener = ::socket(AF_INET6, SOCK_STREAM, 0);
+    sockaddr_in6 a{};
+    a.sin6_family = AF_INET6;
+    a.sin6_port = htons(15001);
+    a.sin6_addr = in6addr_loopback;
+    if (::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(listener, 8) != 0) return 1;
+    int client = ::socket(AF_INET6, SOCK_STREAM, 0);
+    sockaddr_in6 dst{};
+    dst.sin6_family = AF_INET6;
+    dst.sin6_port = htons(443);
+    dst.sin6_addr = endpoint6;
+    if (::connect(client, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) != 0) return 2;
+    sockaddr_in6 peer{};
+    socklen_t len = sizeof(peer);
+    ::getpeername(client, reinterpret_cast<sockaddr*>(&peer), &len);
+    if (std::memcmp(&peer.sin6_addr, &endpoint6, sizeof(endpoint6)) != 0 || ntohs(peer.sin6_port) != 443) return 3;
+    uint64_t cookie = 0;
+    socklen_t cookie_len = sizeof(cookie);
+    ::getsockopt(client, SOL_SOCKET, SO_COOKIE, &cookie, &cookie_len);
+    auto original = steering_->OriginalDestination(cookie);
+    if (!original.ok() || !*original || (*original)->family != AF_INET6 || ntohs((*original)->port) != 443) return 4;
+    return 0;
+  });
+  EXPECT_EQ(rc, 0) << "failed step " << rc;
+}
+
 class PinnedSteeringTest : public CgroupSteeringTest {
  protected:
   void SetUp() override {

@@ -20,6 +20,7 @@ namespace {
 
 static_assert(sizeof(meshtls_workload) == 8);
 static_assert(sizeof(meshtls_endpoint4) == 4);
+static_assert(sizeof(meshtls_endpoint6) == 16);
 static_assert(sizeof(meshtls_original_destination) == 24);
 static_assert(offsetof(meshtls_original_destination, port) == 20);
 
@@ -49,6 +50,7 @@ TEST(SharedStructsTest, CppAndBpfLayoutsAgree) {
                 {"mode", offsetof(meshtls_workload, mode)},
                 {"reserved", offsetof(meshtls_workload, reserved)}});
   ExpectLayout(types, "meshtls_endpoint4", sizeof(meshtls_endpoint4), {{"addr", 0}});
+  ExpectLayout(types, "meshtls_endpoint6", sizeof(meshtls_endpoint6), {{"addr", 0}});
   ExpectLayout(types, "meshtls_original_destination", sizeof(meshtls_original_destination),
                {{"addr4", offsetof(meshtls_original_destination, addr4)},
                 {"addr6", offsetof(meshtls_original_destination, addr6)},

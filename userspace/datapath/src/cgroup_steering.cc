@@ -35,7 +35,7 @@ struct CgroupSteering::Impl {
 namespace {
 
 std::vector<bpf_map*> Maps(cgroup_sock_addr* s) {
-  return {s->maps.meshed_cgroups, s->maps.mesh_endpoints4, s->maps.excluded_ports,
+  return {s->maps.meshed_cgroups, s->maps.mesh_endpoints4, s->maps.mesh_endpoints6, s->maps.excluded_ports,
           s->maps.original_destinations};
 }
 
@@ -126,7 +126,9 @@ absl::Status CgroupSteering::AttachTo(const std::string& cgroup_path) {
   UniqueFd cgroup(::open(cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!cgroup) return ErrnoStatus(errno, StrCat("open cgroup ", cgroup_path));
   ASSIGN_OR_RETURN(uint64_t cgroup_id, CgroupId(cgroup_path));
-  for (bpf_program* program : {impl_->skeleton->progs.meshtls_connect4, impl_->skeleton->progs.meshtls_getpeername4}) {
+  for (bpf_program* program :
+       {impl_->skeleton->progs.meshtls_connect4, impl_->skeleton->progs.meshtls_getpeername4,
+        impl_->skeleton->progs.meshtls_connect6, impl_->skeleton->progs.meshtls_getpeername6}) {
     const std::string pin = impl_->pin_dir.empty()
                                 ? std::string()
                                 : StrCat(impl_->pin_dir, "/links/", cgroup_id, "-", bpf_program__name(program));
@@ -190,6 +192,19 @@ absl::Status CgroupSteering::AddMeshEndpoint(in_addr address) {
 absl::Status CgroupSteering::RemoveMeshEndpoint(in_addr address) {
   const meshtls_endpoint4 key{address.s_addr};
   return Delete(impl_->skeleton->maps.mesh_endpoints4, &key);
+}
+
+absl::Status CgroupSteering::AddMeshEndpoint(in6_addr address) {
+  meshtls_endpoint6 key{};
+  std::memcpy(key.addr, &address, sizeof(key.addr));
+  const uint8_t present = 1;
+  return Update(impl_->skeleton->maps.mesh_endpoints6, &key, &present);
+}
+
+absl::Status CgroupSteering::RemoveMeshEndpoint(in6_addr address) {
+  meshtls_endpoint6 key{};
+  std::memcpy(key.addr, &address, sizeof(key.addr));
+  return Delete(impl_->skeleton->maps.mesh_endpoints6, &key);
 }
 
 absl::Status CgroupSteering::AddExcludedPort(uint16_t port) {

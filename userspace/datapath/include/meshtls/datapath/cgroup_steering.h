@@ -31,7 +31,7 @@ class CgroupSteering {
   static absl::StatusOr<std::unique_ptr<CgroupSteering>> Create(const SteeringConfig& config);
   ~CgroupSteering();
 
-  // Attaches connect4 and getpeername4 to a cgroup v2 directory (effective for its subtree).
+  // Attaches connect4/6 and getpeername4/6 to a cgroup v2 directory (effective for its subtree).
   // With a pin_dir, a link pinned by an earlier agent for the same cgroup and program is adopted
   // and switched to this agent's program: never a second attachment.
   absl::Status AttachTo(const std::string& cgroup_path);
@@ -44,6 +44,8 @@ class CgroupSteering {
   absl::Status RemoveMeshedCgroup(uint64_t cgroup_id);
   absl::Status AddMeshEndpoint(in_addr address);
   absl::Status RemoveMeshEndpoint(in_addr address);
+  absl::Status AddMeshEndpoint(in6_addr address);
+  absl::Status RemoveMeshEndpoint(in6_addr address);
   absl::Status AddExcludedPort(uint16_t port);
 
   // The destination a steered socket asked for, by that socket's cookie (SO_COOKIE).
