@@ -5,6 +5,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "agent_ports.bpf.h"
 #include "meshtls_maps.h"
 
 #define AF_INET 2
@@ -13,10 +14,6 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-// Set by the loader before load (read-only data).
-const volatile __u16 outbound_port = 15001;
-const volatile __u16 inbound_capture_port = 15006;
-const volatile __u16 tunnel_port = 15008;
 
 struct {
   __uint(type, BPF_MAP_TYPE_HASH);

@@ -4,6 +4,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include "agent_ports.bpf.h"
 #include "meshtls_maps.h"
 
 #define AF_INET 2
@@ -11,9 +12,6 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-const volatile __u16 outbound_port = 15001;
-const volatile __u16 inbound_capture_port = 15006;
-const volatile __u16 tunnel_port = 15008;
 
 // Pod IPv4 (network byte order) -> the workload's settings.
 struct {

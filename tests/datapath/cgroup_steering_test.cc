@@ -287,6 +287,25 @@ TEST_F(PinnedSteeringTest, KilledAgentFailsClosedAndRestartAdoptsWithoutDuplicat
   EXPECT_TRUE(fs::is_empty(config_.pin_dir + "/links"));
 }
 
+TEST_F(PinnedSteeringTest, AnIncompatiblePinnedMapIsReplacedNotFatal) {
+  // Left behind by some other version: same name, different value size.
+  fs::create_directories(config_.pin_dir + "/maps");
+  const int stale = bpf_map_create(BPF_MAP_TYPE_HASH, "meshed_cgroups", 8, 64, 16, nullptr);
+  ASSERT_GE(stale, 0);
+  ASSERT_EQ(bpf_obj_pin(stale, (config_.pin_dir + "/maps/meshed_cgroups").c_str()), 0);
+  ::close(stale);
+  auto steering = CgroupSteering::Create(config_);
+  ASSERT_TRUE(steering.ok()) << steering.status();
+  ASSERT_TRUE((*steering)->SetMeshedCgroup(meshed_id_, {1, MESHTLS_MODE_STRICT, {}}).ok());
+  const int pinned = bpf_obj_get((config_.pin_dir + "/maps/meshed_cgroups").c_str());
+  ASSERT_GE(pinned, 0);
+  bpf_map_info info{};
+  uint32_t len = sizeof(info);
+  ASSERT_EQ(bpf_obj_get_info_by_fd(pinned, &info, &len), 0);
+  EXPECT_EQ(info.value_size, sizeof(meshtls_workload)) << "the stale map must have been replaced";
+  ::close(pinned);
+}
+
 TEST_F(PinnedSteeringTest, UnpinnedSteeringDetachesWithTheObject) {
   auto steering = CgroupSteering::Create(SteeringConfig{});
   ASSERT_TRUE(steering.ok());

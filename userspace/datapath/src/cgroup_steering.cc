@@ -71,40 +71,38 @@ absl::StatusOr<uint32_t> AttachedProgramCount(const std::string& cgroup_path, in
 }
 
 absl::StatusOr<std::unique_ptr<CgroupSteering>> CgroupSteering::Create(const SteeringConfig& config) {
-  ASSIGN_OR_RETURN(BpfSkeleton<cgroup_sock_addr> skeleton, BpfSkeleton<cgroup_sock_addr>::Open());
-  skeleton->rodata->outbound_port = config.outbound_port;
-  skeleton->rodata->inbound_capture_port = config.inbound_capture_port;
-  skeleton->rodata->tunnel_port = config.tunnel_port;
   if (!config.pin_dir.empty()) {
     RETURN_IF_ERROR(EnsureBpffs(std::filesystem::path(config.pin_dir).parent_path().string()));
     RETURN_IF_ERROR(MakeDirs(config.pin_dir + "/maps"));
     RETURN_IF_ERROR(MakeDirs(config.pin_dir + "/links"));
-    // Maps pinned by an earlier agent are reused (their contents survive the restart).
+  }
+  // Open, configure and load; maps pinned by an earlier agent are reused (their contents survive
+  // the restart).
+  auto open_and_load = [&]() -> absl::StatusOr<BpfSkeleton<cgroup_sock_addr>> {
+    ASSIGN_OR_RETURN(BpfSkeleton<cgroup_sock_addr> skeleton, BpfSkeleton<cgroup_sock_addr>::Open());
+    SetAgentPorts(skeleton, config);
     for (bpf_map* map : Maps(skeleton.get())) {
+      if (config.pin_dir.empty()) break;
       const std::string path = StrCat(config.pin_dir, "/maps/", bpf_map__name(map));
       if (bpf_map__set_pin_path(map, path.c_str()) != 0) return ErrnoStatus(errno, "set pin path");
     }
-  }
-  absl::Status loaded = skeleton.Load();
-  if (!loaded.ok() && !config.pin_dir.empty()) {
+    RETURN_IF_ERROR(skeleton.Load());
+    return skeleton;
+  };
+  absl::StatusOr<BpfSkeleton<cgroup_sock_addr>> skeleton = open_and_load();
+  if (!skeleton.ok() && !config.pin_dir.empty()) {
     // A pinned map from an incompatible earlier version: replace it rather than refuse to start.
-    spdlog::warn("BPF load with the pinned maps failed ({}); replacing the pinned maps", loaded.message());
-    for (bpf_map* map : Maps(skeleton.get())) {
-      ::unlink(StrCat(config.pin_dir, "/maps/", bpf_map__name(map)).c_str());
+    spdlog::warn("BPF load with the pinned maps failed ({}); replacing the pinned maps",
+                 skeleton.status().message());
+    for (const char* name : {"meshed_cgroups", "mesh_endpoints4", "mesh_endpoints6", "excluded_ports",
+                             "original_destinations"}) {
+      ::unlink(StrCat(config.pin_dir, "/maps/", name).c_str());
     }
-    ASSIGN_OR_RETURN(skeleton, BpfSkeleton<cgroup_sock_addr>::Open());
-    skeleton->rodata->outbound_port = config.outbound_port;
-    skeleton->rodata->inbound_capture_port = config.inbound_capture_port;
-    skeleton->rodata->tunnel_port = config.tunnel_port;
-    for (bpf_map* map : Maps(skeleton.get())) {
-      const std::string path = StrCat(config.pin_dir, "/maps/", bpf_map__name(map));
-      bpf_map__set_pin_path(map, path.c_str());
-    }
-    loaded = skeleton.Load();
+    skeleton = open_and_load();
   }
-  RETURN_IF_ERROR(loaded);
+  if (!skeleton.ok()) return skeleton.status();
   std::unique_ptr<CgroupSteering> steering(new CgroupSteering());
-  steering->impl_ = std::make_unique<Impl>(std::move(skeleton));
+  steering->impl_ = std::make_unique<Impl>(*std::move(skeleton));
   steering->impl_->pin_dir = config.pin_dir;
   return steering;
 }

@@ -30,9 +30,7 @@ struct InboundCapture::Impl {
 
 absl::StatusOr<std::unique_ptr<InboundCapture>> InboundCapture::Create(const SteeringConfig& config) {
   ASSIGN_OR_RETURN(BpfSkeleton<sk_lookup> skeleton, BpfSkeleton<sk_lookup>::Open());
-  skeleton->rodata->outbound_port = config.outbound_port;
-  skeleton->rodata->inbound_capture_port = config.inbound_capture_port;
-  skeleton->rodata->tunnel_port = config.tunnel_port;
+  SetAgentPorts(skeleton, config);
   RETURN_IF_ERROR(skeleton.Load());
   std::unique_ptr<InboundCapture> capture(new InboundCapture());
   capture->impl_ = std::make_unique<Impl>(std::move(skeleton));

@@ -65,4 +65,12 @@ class BpfSkeleton {
   std::unique_ptr<T, void (*)(T*)> skeleton_;
 };
 
+// Writes the agent's ports into a skeleton's read-only data (bpf/shared/agent_ports.bpf.h).
+template <typename Skeleton, typename Config>
+void SetAgentPorts(Skeleton& skeleton, const Config& config) {
+  skeleton->rodata->outbound_port = config.outbound_port;
+  skeleton->rodata->inbound_capture_port = config.inbound_capture_port;
+  skeleton->rodata->tunnel_port = config.tunnel_port;
+}
+
 }  // namespace meshtls::datapath
