@@ -74,6 +74,7 @@ Relay::Relay(EventLoop& loop, UniqueFd plaintext, std::unique_ptr<TlsSession> tu
       started_(std::chrono::steady_clock::now()) {}
 
 Relay::~Relay() {
+  if (registry_ != nullptr) registry_->Remove(this);  // destroyed without Finish (loop teardown)
   if (registered_) {
     loop_.Remove(plaintext_.get());
     if (tunnel_->fd() >= 0) loop_.Remove(tunnel_->fd());
@@ -130,6 +131,7 @@ void Relay::Finish(FailureReason reason, std::string detail) {
   plaintext_.reset();
   tunnel_->CloseSocket(failed);
   if (registry_ != nullptr) registry_->Remove(this);
+  registry_ = nullptr;
   RelayResult result;
   result.reason = reason;
   result.detail = std::move(detail);
