@@ -63,6 +63,15 @@ static __always_inline int steerable(struct bpf_sock_addr *ctx) {
   return 1;
 }
 
+// The application's end of each steered connection -> where it wanted to go. Filled by sock_ops
+// when the connection is established, emptied when it closes.
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, MESHTLS_MAX_ORIGINAL_DESTINATIONS);
+  __type(key, struct meshtls_connection_key);
+  __type(value, struct meshtls_original_destination);
+} steered_connections SEC(".maps");
+
 SEC("cgroup/connect4")
 int meshtls_connect4(struct bpf_sock_addr *ctx) {
   if (!steerable(ctx)) return 1;
@@ -134,4 +143,46 @@ int meshtls_getpeername6(struct bpf_sock_addr *ctx) {
     ctx->user_port = original->port;
   }
   return 1;
+}
+
+static __always_inline void connection_key(struct bpf_sock_ops *skops, struct meshtls_connection_key *key) {
+  key->netns_cookie = bpf_get_netns_cookie(skops);
+  key->family = (__u16)skops->family;
+  key->port = bpf_htons((__u16)skops->local_port);
+  if (skops->family == AF_INET) {
+    key->addr[0] = skops->local_ip4;
+  } else {
+    key->addr[0] = skops->local_ip6[0];
+    key->addr[1] = skops->local_ip6[1];
+    key->addr[2] = skops->local_ip6[2];
+    key->addr[3] = skops->local_ip6[3];
+  }
+}
+
+// Re-keys a steered socket's original destination by its local address once it is established
+// (the agent only has the accepted socket, whose peer is this address), and forgets both entries
+// when the socket closes, so nothing leaks.
+SEC("sockops")
+int meshtls_sockops(struct bpf_sock_ops *skops) {
+  if (skops->family != AF_INET && skops->family != AF_INET6) return 1;
+  __u64 cookie = bpf_get_socket_cookie(skops);
+  struct meshtls_connection_key key = {};
+  switch (skops->op) {
+    case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
+      struct meshtls_original_destination *original = bpf_map_lookup_elem(&original_destinations, &cookie);
+      if (!original) return 1;
+      connection_key(skops, &key);
+      bpf_map_update_elem(&steered_connections, &key, original, BPF_ANY);
+      bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+      return 1;
+    }
+    case BPF_SOCK_OPS_STATE_CB:
+      if (skops->args[1] != BPF_TCP_CLOSE) return 1;
+      connection_key(skops, &key);
+      bpf_map_delete_elem(&steered_connections, &key);
+      bpf_map_delete_elem(&original_destinations, &cookie);
+      return 1;
+    default:
+      return 1;
+  }
 }

@@ -32,6 +32,16 @@ struct meshtls_endpoint6 {
   __u32 addr[4];
 };
 
+/* Key of steered_connections: the application's end of a steered connection, as the agent sees
+ * it from the accepted socket (getpeername + SO_NETNS_COOKIE). */
+struct meshtls_connection_key {
+  __u64 netns_cookie;
+  __u32 addr[4]; /* network byte order; IPv4 in addr[0] */
+  __u16 port;    /* network byte order */
+  __u16 family;
+  __u32 reserved;
+};
+
 /* Value of original_destinations, keyed by the connecting socket's cookie (__u64). */
 struct meshtls_original_destination {
   __u32 addr4;    /* network byte order, when family == AF_INET */

@@ -166,6 +166,52 @@ TEST_F(CgroupSteeringTest, ExcludedPortsAndAgentPortsAreNotRedirected) {
   EXPECT_EQ(rc, 0) << "failed step " << rc;
 }
 
+TEST_F(CgroupSteeringTest, AgentReadsTheOriginalDestinationFromTheAcceptedSocketAndNothingLeaks) {
+  const int rc = RunInCgroupAndNetns(base_ + "/meshed", [&] {
+    const rlimit files{4096, 4096};
+    if (::setrlimit(RLIMIT_NOFILE, &files) != 0) return 9;
+    int listener = ListenOn(15001);
+    if (listener < 0) return 1;
+    std::vector<int> clients, accepted;
+    for (int i = 0; i < 1000; ++i) {
+      int error = 0;
+      int fd = ConnectTo(endpoint_, static_cast<uint16_t>(30000 + i), &error);
+      if (fd < 0) return 2;
+      clients.push_back(fd);
+      int a = ::accept(listener, nullptr, nullptr);
+      if (a < 0) return 3;
+      accepted.push_back(a);
+    }
+    // Accept order equals connect order here; the agent side knows only the accepted socket.
+    for (int i = 0; i < 1000; ++i) {
+      auto original = steering_->OriginalDestinationOf(accepted[i]);
+      if (!original.ok() || !*original) return 4;
+      if ((*original)->addr4 != endpoint_.s_addr || ntohs((*original)->port) != 30000 + i) return 5;
+    }
+    auto tracked = steering_->TrackedConnectionCount();
+    if (!tracked.ok() || *tracked != 1000) return 6;
+    // A connection the agent accepted that was not steered has no entry.
+    int direct = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in self{};
+    self.sin_family = AF_INET;
+    self.sin_port = htons(15001);
+    self.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(direct, reinterpret_cast<sockaddr*>(&self), sizeof(self)) != 0) return 7;
+    int direct_accepted = ::accept(listener, nullptr, nullptr);
+    auto none = steering_->OriginalDestinationOf(direct_accepted);
+    if (!none.ok() || none->has_value()) return 8;
+    for (int fd : clients) ::close(fd);
+    for (int fd : accepted) ::close(fd);
+    // Entries leave with their sockets (the close path runs as the sockets finish closing).
+    for (int tries = 0; tries < 100; ++tries) {
+      if (*steering_->TrackedConnectionCount() == 0) return 0;
+      ::usleep(20000);
+    }
+    return 10;
+  });
+  EXPECT_EQ(rc, 0) << "failed step " << rc;
+}
+
 TEST_F(CgroupSteeringTest, OriginalDestinationsAreExactForAThousandConcurrentConnections) {
   const int rc = RunInCgroupAndNetns(base_ + "/meshed", [&] {
     const rlimit files{4096, 4096};  // the VM guest starts with 1024

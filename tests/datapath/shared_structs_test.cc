@@ -21,6 +21,7 @@ namespace {
 static_assert(sizeof(meshtls_workload) == 8);
 static_assert(sizeof(meshtls_endpoint4) == 4);
 static_assert(sizeof(meshtls_endpoint6) == 16);
+static_assert(sizeof(meshtls_connection_key) == 32);
 static_assert(sizeof(meshtls_original_destination) == 24);
 static_assert(offsetof(meshtls_original_destination, port) == 20);
 
@@ -51,6 +52,12 @@ TEST(SharedStructsTest, CppAndBpfLayoutsAgree) {
                 {"reserved", offsetof(meshtls_workload, reserved)}});
   ExpectLayout(types, "meshtls_endpoint4", sizeof(meshtls_endpoint4), {{"addr", 0}});
   ExpectLayout(types, "meshtls_endpoint6", sizeof(meshtls_endpoint6), {{"addr", 0}});
+  ExpectLayout(types, "meshtls_connection_key", sizeof(meshtls_connection_key),
+               {{"netns_cookie", offsetof(meshtls_connection_key, netns_cookie)},
+                {"addr", offsetof(meshtls_connection_key, addr)},
+                {"port", offsetof(meshtls_connection_key, port)},
+                {"family", offsetof(meshtls_connection_key, family)},
+                {"reserved", offsetof(meshtls_connection_key, reserved)}});
   ExpectLayout(types, "meshtls_original_destination", sizeof(meshtls_original_destination),
                {{"addr4", offsetof(meshtls_original_destination, addr4)},
                 {"addr6", offsetof(meshtls_original_destination, addr6)},

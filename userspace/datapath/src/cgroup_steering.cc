@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -36,6 +37,7 @@ namespace {
 
 std::vector<bpf_map*> Maps(cgroup_sock_addr* s) {
   return {s->maps.meshed_cgroups, s->maps.mesh_endpoints4, s->maps.mesh_endpoints6, s->maps.excluded_ports,
+          s->maps.steered_connections,
           s->maps.original_destinations};
 }
 
@@ -95,7 +97,7 @@ absl::StatusOr<std::unique_ptr<CgroupSteering>> CgroupSteering::Create(const Ste
     spdlog::warn("BPF load with the pinned maps failed ({}); replacing the pinned maps",
                  skeleton.status().message());
     for (const char* name : {"meshed_cgroups", "mesh_endpoints4", "mesh_endpoints6", "excluded_ports",
-                             "original_destinations"}) {
+                             "steered_connections", "original_destinations"}) {
       ::unlink(StrCat(config.pin_dir, "/maps/", name).c_str());
     }
     skeleton = open_and_load();
@@ -126,7 +128,8 @@ absl::Status CgroupSteering::AttachTo(const std::string& cgroup_path) {
   ASSIGN_OR_RETURN(uint64_t cgroup_id, CgroupId(cgroup_path));
   for (bpf_program* program :
        {impl_->skeleton->progs.meshtls_connect4, impl_->skeleton->progs.meshtls_getpeername4,
-        impl_->skeleton->progs.meshtls_connect6, impl_->skeleton->progs.meshtls_getpeername6}) {
+        impl_->skeleton->progs.meshtls_connect6, impl_->skeleton->progs.meshtls_getpeername6,
+        impl_->skeleton->progs.meshtls_sockops}) {
     const std::string pin = impl_->pin_dir.empty()
                                 ? std::string()
                                 : StrCat(impl_->pin_dir, "/links/", cgroup_id, "-", bpf_program__name(program));
@@ -219,6 +222,53 @@ absl::StatusOr<std::optional<meshtls_original_destination>> CgroupSteering::Orig
     return ErrnoStatus(errno, "lookup original destination");
   }
   return value;
+}
+
+absl::StatusOr<std::optional<meshtls_original_destination>> CgroupSteering::OriginalDestinationOf(
+    int accepted_fd) const {
+  sockaddr_storage peer{};
+  socklen_t len = sizeof(peer);
+  if (::getpeername(accepted_fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) {
+    return ErrnoStatus(errno, "getpeername");
+  }
+  meshtls_connection_key key{};
+  socklen_t cookie_len = sizeof(key.netns_cookie);
+  if (::getsockopt(accepted_fd, SOL_SOCKET, SO_NETNS_COOKIE, &key.netns_cookie, &cookie_len) != 0) {
+    return ErrnoStatus(errno, "getsockopt(SO_NETNS_COOKIE)");
+  }
+  if (peer.ss_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&peer);
+    key.family = AF_INET;
+    key.port = in->sin_port;
+    key.addr[0] = in->sin_addr.s_addr;
+  } else if (peer.ss_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+    key.family = AF_INET6;
+    key.port = in6->sin6_port;
+    std::memcpy(key.addr, &in6->sin6_addr, sizeof(key.addr));
+  } else {
+    return std::nullopt;
+  }
+  meshtls_original_destination value{};
+  bpf_map* map = impl_->skeleton->maps.steered_connections;
+  if (bpf_map__lookup_elem(map, &key, sizeof(key), &value, sizeof(value), 0) != 0) {
+    if (errno == ENOENT) return std::nullopt;
+    return ErrnoStatus(errno, "lookup steered connection");
+  }
+  return value;
+}
+
+absl::StatusOr<size_t> CgroupSteering::TrackedConnectionCount() const {
+  bpf_map* map = impl_->skeleton->maps.steered_connections;
+  meshtls_connection_key key{}, next{};
+  size_t count = 0;
+  const void* previous = nullptr;
+  while (bpf_map__get_next_key(map, previous, &next, sizeof(next)) == 0) {
+    ++count;
+    key = next;
+    previous = &key;
+  }
+  return count;
 }
 
 absl::Status CgroupSteering::ForgetOriginalDestination(uint64_t cookie) {

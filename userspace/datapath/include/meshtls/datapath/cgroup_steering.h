@@ -31,7 +31,7 @@ class CgroupSteering {
   static absl::StatusOr<std::unique_ptr<CgroupSteering>> Create(const SteeringConfig& config);
   ~CgroupSteering();
 
-  // Attaches connect4/6 and getpeername4/6 to a cgroup v2 directory (effective for its subtree).
+  // Attaches connect4/6, getpeername4/6 and sock_ops to a cgroup v2 directory (effective for its subtree).
   // With a pin_dir, a link pinned by an earlier agent for the same cgroup and program is adopted
   // and switched to this agent's program: never a second attachment.
   absl::Status AttachTo(const std::string& cgroup_path);
@@ -47,6 +47,12 @@ class CgroupSteering {
   absl::Status AddMeshEndpoint(in6_addr address);
   absl::Status RemoveMeshEndpoint(in6_addr address);
   absl::Status AddExcludedPort(uint16_t port);
+
+  // The destination the application asked for, from the agent's accepted socket (its peer is the
+  // application's end; SO_NETNS_COOKIE tells which pod). nullopt: not a steered connection.
+  absl::StatusOr<std::optional<meshtls_original_destination>> OriginalDestinationOf(int accepted_fd) const;
+  // How many steered connections are tracked (entries leave when connections close).
+  absl::StatusOr<size_t> TrackedConnectionCount() const;
 
   // The destination a steered socket asked for, by that socket's cookie (SO_COOKIE).
   absl::StatusOr<std::optional<meshtls_original_destination>> OriginalDestination(uint64_t cookie) const;
