@@ -44,10 +44,10 @@ CipherParams ParamsOf(KtlsCipher cipher) {
 absl::StatusOr<std::vector<uint8_t>> ExpandLabel(const char* digest, std::span<const uint8_t> secret,
                                                  const char* label, size_t length) {
   // OpenSSL's own TLS 1.3 KDF (the one libssl uses), so the label encoding is not re-implemented.
-  std::unique_ptr<EVP_KDF, OpenSslDeleter<EVP_KDF_free>> kdf(
-      EVP_KDF_fetch(nullptr, OSSL_KDF_NAME_TLS1_3_KDF, nullptr));
-  if (!kdf) return absl::InternalError(StrCat("TLS13-KDF unavailable: ", DrainOpenSslErrors()));
-  std::unique_ptr<EVP_KDF_CTX, OpenSslDeleter<EVP_KDF_CTX_free>> ctx(EVP_KDF_CTX_new(kdf.get()));
+  // Fetched once: a provider lookup per derived key would run four times per kTLS connection.
+  static EVP_KDF* const kdf = EVP_KDF_fetch(nullptr, OSSL_KDF_NAME_TLS1_3_KDF, nullptr);
+  if (kdf == nullptr) return absl::InternalError(StrCat("TLS13-KDF unavailable: ", DrainOpenSslErrors()));
+  std::unique_ptr<EVP_KDF_CTX, OpenSslDeleter<EVP_KDF_CTX_free>> ctx(EVP_KDF_CTX_new(kdf));
   if (!ctx) return absl::ResourceExhaustedError("EVP_KDF_CTX_new failed");
   int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
   static const char kPrefix[] = "tls13 ";

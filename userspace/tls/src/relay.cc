@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include "meshtls/common/strings.h"
 #include "meshtls/common/status.h"
@@ -112,6 +113,13 @@ void Relay::AbortFromAnyThread(FailureReason reason, std::string detail) {
   loop_.Post([self = shared_from_this(), reason, detail = std::move(detail)]() mutable {
     self->Abort(reason, std::move(detail));
   });
+}
+
+bool Relay::FailWithErrno(int saved_errno, std::string_view what) {
+  Finish(saved_errno == ECONNRESET || saved_errno == EPIPE ? FailureReason::kPeerReset
+                                                           : FailureReason::kIoError,
+         StrCat(what, ": ", std::strerror(saved_errno)));
+  return false;
 }
 
 void Relay::Finish(FailureReason reason, std::string detail) {

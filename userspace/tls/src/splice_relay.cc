@@ -97,7 +97,7 @@ class SpliceRelay final : public Relay {
       } else if (errno == EAGAIN) {
         plaintext_readable_ = false;
       } else if (errno != EINTR) {
-        return Fail(errno, "plaintext read");
+        return FailWithErrno(errno, "plaintext read");
       }
     }
     if (!tunnel_writable_) return true;
@@ -111,7 +111,7 @@ class SpliceRelay final : public Relay {
       } else if (n < 0 && errno == EAGAIN) {
         tunnel_writable_ = false;
       } else if (n < 0 && errno != EINTR) {
-        return Fail(errno, "tunnel write");
+        return FailWithErrno(errno, "tunnel write");
       }
     } else if (up_eof_ && !up_closed_) {
       if (KtlsSendCloseNotify(tunnel_fd()) < 0) {
@@ -119,7 +119,7 @@ class SpliceRelay final : public Relay {
           tunnel_writable_ = false;
           return true;
         }
-        return Fail(errno, "tunnel close_notify");
+        return FailWithErrno(errno, "tunnel close_notify");
       }
       ::shutdown(tunnel_fd(), SHUT_WR);
       up_closed_ = true;
@@ -140,7 +140,7 @@ class SpliceRelay final : public Relay {
       } else if (n < 0 && errno == EAGAIN) {
         plaintext_writable_ = false;
       } else if (n < 0 && errno != EINTR) {
-        return Fail(errno, "plaintext write");
+        return FailWithErrno(errno, "plaintext write");
       }
       return true;
     }
@@ -166,7 +166,7 @@ class SpliceRelay final : public Relay {
       } else if (errno == EAGAIN) {
         tunnel_readable_ = false;
       } else if (errno != EINTR) {
-        return Fail(errno, "tunnel read");
+        return FailWithErrno(errno, "tunnel read");
       }
     }
     if (down_.fill > 0) {
@@ -180,7 +180,7 @@ class SpliceRelay final : public Relay {
       } else if (n < 0 && errno == EAGAIN) {
         plaintext_writable_ = false;
       } else if (n < 0 && errno != EINTR) {
-        return Fail(errno, "plaintext write");
+        return FailWithErrno(errno, "plaintext write");
       }
     } else if (down_eof_ && !down_closed_) {
       ::shutdown(plaintext_fd(), SHUT_WR);
@@ -205,7 +205,7 @@ class SpliceRelay final : public Relay {
         Finish(FailureReason::kOversizedRecord, "a tunnel record is larger than TLS allows");
         return false;
       }
-      return Fail(errno, "tunnel recvmsg");
+      return FailWithErrno(errno, "tunnel recvmsg");
     }
     if (n == 0) {
       Finish(FailureReason::kTruncated, "tunnel closed without close_notify");
@@ -237,13 +237,6 @@ class SpliceRelay final : public Relay {
         Finish(FailureReason::kUnexpectedMessage, StrCat("unexpected record type ", type));
         return false;
     }
-  }
-
-  bool Fail(int saved_errno, const char* what) {
-    Finish(saved_errno == ECONNRESET || saved_errno == EPIPE ? FailureReason::kPeerReset
-                                                             : FailureReason::kIoError,
-           StrCat(what, ": ", std::strerror(saved_errno)));
-    return false;
   }
 
   Pipe up_;

@@ -116,7 +116,7 @@ class UserspaceRelay final : public Relay {
       } else if (saved_errno == EAGAIN) {
         plaintext_readable_ = false;
       } else if (saved_errno != EINTR) {
-        return FailPlaintext(saved_errno, "plaintext read");
+        return FailWithErrno(saved_errno, "plaintext read");
       }
       return true;
     }
@@ -162,7 +162,7 @@ class UserspaceRelay final : public Relay {
       } else if (n < 0 && errno == EAGAIN) {
         plaintext_writable_ = false;
       } else if (n < 0 && errno != EINTR) {
-        return FailPlaintext(errno, "plaintext write");
+        return FailWithErrno(errno, "plaintext write");
       }
       return true;
     }
@@ -189,23 +189,11 @@ class UserspaceRelay final : public Relay {
     const unsigned long first = ERR_peek_error();
     std::string detail = DrainOpenSslErrors();
     if (error == SSL_ERROR_SYSCALL && first == 0) {
-      if (saved_errno == 0) {
-        Finish(FailureReason::kTruncated, "tunnel closed without close_notify");
-      } else {
-        Finish(saved_errno == ECONNRESET || saved_errno == EPIPE ? FailureReason::kPeerReset
-                                                                 : FailureReason::kIoError,
-               StrCat("tunnel: ", std::strerror(saved_errno)));
-      }
+      if (saved_errno != 0) return FailWithErrno(saved_errno, "tunnel");
+      Finish(FailureReason::kTruncated, "tunnel closed without close_notify");
       return false;
     }
     Finish(FailureFromOpenSslReason(ERR_GET_REASON(first)), detail);
-    return false;
-  }
-
-  bool FailPlaintext(int saved_errno, const char* what) {
-    Finish(saved_errno == ECONNRESET || saved_errno == EPIPE ? FailureReason::kPeerReset
-                                                             : FailureReason::kIoError,
-           StrCat(what, ": ", std::strerror(saved_errno)));
     return false;
   }
 

@@ -87,6 +87,9 @@ class Relay : public std::enable_shared_from_this<Relay> {
   // the system calls of a level-triggered relay).
   absl::Status Register();
   void Finish(FailureReason reason, std::string detail);
+  // Finishes after a failed system call: a reset or broken pipe is kPeerReset, anything else
+  // kIoError. Always returns false, so callers can `return FailWithErrno(...)`.
+  bool FailWithErrno(int saved_errno, std::string_view what);
 
   // Readiness as last reported by epoll, cleared when an operation returns EAGAIN.
   bool plaintext_readable_ = true;
