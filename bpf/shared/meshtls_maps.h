@@ -8,6 +8,7 @@
 #define MESHTLS_MAX_ENDPOINTS 65536
 #define MESHTLS_MAX_EXCLUDED_PORTS 256
 #define MESHTLS_MAX_ORIGINAL_DESTINATIONS 65536
+#define MESHTLS_MAX_LOCAL_LEGS 131072
 
 enum meshtls_mode {
   MESHTLS_MODE_DISABLE = 0,
@@ -48,4 +49,17 @@ struct meshtls_original_destination {
   __u32 addr6[4]; /* network byte order, when family == AF_INET6 */
   __u16 port;     /* network byte order */
   __u16 family;
+};
+
+/* Key of local_legs (sockhash) and local_leg_bypass: one end of a plaintext local leg between an
+ * application and the agent's outbound listener, as that end sees itself. The peer's key is the
+ * same with local and remote swapped (both ends share the pod's netns). */
+struct meshtls_leg_key {
+  __u64 netns_cookie;
+  __u32 local_addr[4];  /* network byte order; IPv4 in [0] */
+  __u32 remote_addr[4]; /* network byte order; IPv4 in [0] */
+  __u16 local_port;     /* host byte order */
+  __u16 remote_port;    /* host byte order */
+  __u16 family;
+  __u16 reserved;
 };

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -126,6 +127,48 @@ TEST_F(InboundCaptureTest, StrictWithoutTheCaptureListenerIsRefusedPermissivePas
   ASSERT_TRUE(inbound_->SetPod(pod_ip_, {1, MESHTLS_MODE_PERMISSIVE, {}}).ok());
   ASSERT_EQ(Connect(8080), 0);
   EXPECT_EQ(WhoAccepted(), 'a');
+}
+
+TEST_F(InboundCaptureTest, ARestartedAgentAdoptsThePinnedLinkKeepsStrictClosedAndPrunesStaleOnes) {
+  inbound_.reset();
+  const std::string pin_dir = "/sys/fs/bpf/meshtls-capture-test-" + std::to_string(::getpid());
+  SteeringConfig config;
+  config.pin_dir = pin_dir;
+  {
+    auto first = InboundCapture::Create(config);
+    ASSERT_TRUE(first.ok()) << first.status();
+    ASSERT_TRUE((*first)->AttachToNetns("/run/netns/" + pod_ns_).ok());
+    ASSERT_TRUE((*first)->SetPod(pod_ip_, {1, MESHTLS_MODE_STRICT, {}}).ok());
+    ASSERT_TRUE((*first)->SetCaptureListener(pod_ip_, capture_.get()).ok());
+    (*first)->LeaveAttachedOnExit();
+  }
+  // The agent is gone and so is its listener: the pinned program still refuses STRICT traffic.
+  capture_.reset();
+  EXPECT_EQ(Connect(8080), ECONNREFUSED) << "STRICT must fail closed while the agent is down";
+  {
+    auto second = InboundCapture::Create(config);
+    ASSERT_TRUE(second.ok()) << second.status();
+    ASSERT_TRUE((*second)->AttachToNetns("/run/netns/" + pod_ns_).ok());
+    EXPECT_EQ((*second)->PruneStaleLinks(), 0);
+    capture_ = Listen(15006);
+    ASSERT_TRUE((*second)->SetCaptureListener(pod_ip_, capture_.get()).ok());
+    ASSERT_EQ(Connect(8080), 0);
+    EXPECT_EQ(WhoAccepted(), 'c') << "the pod mode survived the restart in the pinned map";
+    // One program in the netns, not two: a second attachment would have to be a second link.
+    EXPECT_EQ(std::distance(std::filesystem::directory_iterator(pin_dir + "/links"),
+                            std::filesystem::directory_iterator()), 1);
+    (*second)->LeaveAttachedOnExit();
+  }
+  {
+    // A third agent whose registry no longer has this pod: the stale link goes.
+    auto third = InboundCapture::Create(config);
+    ASSERT_TRUE(third.ok()) << third.status();
+    EXPECT_EQ((*third)->PruneStaleLinks(), 1);
+    capture_.reset();
+    EXPECT_EQ(Connect(8080), 0) << "without the program the pod's own listener answers";
+    EXPECT_EQ(WhoAccepted(), 'a');
+  }
+  std::filesystem::remove_all(pin_dir);
 }
 
 }  // namespace

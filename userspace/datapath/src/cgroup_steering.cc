@@ -20,6 +20,7 @@
 #include "meshtls/common/strings.h"
 #include "meshtls/common/unique_fd.h"
 #include "meshtls/datapath/bpf_skeleton.h"
+#include "link_pins.h"
 #include "spdlog/spdlog.h"
 
 namespace meshtls::datapath {
@@ -29,7 +30,7 @@ MESHTLS_BPF_SKELETON(cgroup_sock_addr);
 struct CgroupSteering::Impl {
   explicit Impl(BpfSkeleton<cgroup_sock_addr> s) : skeleton(std::move(s)) {}
   BpfSkeleton<cgroup_sock_addr> skeleton;
-  std::vector<bpf_link*> links;
+  std::unique_ptr<LinkPins> links;
   std::string pin_dir;
 };
 
@@ -41,11 +42,9 @@ std::vector<bpf_map*> Maps(cgroup_sock_addr* s) {
           s->maps.original_destinations};
 }
 
-absl::Status MakeDirs(const std::string& path) {
-  std::error_code ec;
-  std::filesystem::create_directories(path, ec);
-  if (ec) return absl::InternalError(StrCat("create ", path, ": ", ec.message()));
-  return absl::OkStatus();
+std::vector<bpf_program*> Programs(cgroup_sock_addr* s) {
+  return {s->progs.meshtls_connect4, s->progs.meshtls_getpeername4, s->progs.meshtls_connect6,
+          s->progs.meshtls_getpeername6, s->progs.meshtls_sockops};
 }
 
 }  // namespace
@@ -106,17 +105,15 @@ absl::StatusOr<std::unique_ptr<CgroupSteering>> CgroupSteering::Create(const Ste
   std::unique_ptr<CgroupSteering> steering(new CgroupSteering());
   steering->impl_ = std::make_unique<Impl>(*std::move(skeleton));
   steering->impl_->pin_dir = config.pin_dir;
+  steering->impl_->links = std::make_unique<LinkPins>(config.pin_dir);
   return steering;
 }
 
 CgroupSteering::~CgroupSteering() {
   if (!impl_) return;
   const bool unpin = !leave_attached_ && !impl_->pin_dir.empty();
-  for (bpf_link* link : impl_->links) {
-    // An unpinned link detaches when its last fd closes; a pinned one stays attached.
-    if (unpin) bpf_link__unpin(link);
-    bpf_link__destroy(link);
-  }
+  impl_->links->set_leave_attached(leave_attached_);
+  impl_->links.reset();
   if (unpin) {
     for (bpf_map* map : Maps(impl_->skeleton.get())) bpf_map__unpin(map, nullptr);
   }
@@ -126,39 +123,18 @@ absl::Status CgroupSteering::AttachTo(const std::string& cgroup_path) {
   UniqueFd cgroup(::open(cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!cgroup) return ErrnoStatus(errno, StrCat("open cgroup ", cgroup_path));
   ASSIGN_OR_RETURN(uint64_t cgroup_id, CgroupId(cgroup_path));
-  for (bpf_program* program :
-       {impl_->skeleton->progs.meshtls_connect4, impl_->skeleton->progs.meshtls_getpeername4,
-        impl_->skeleton->progs.meshtls_connect6, impl_->skeleton->progs.meshtls_getpeername6,
-        impl_->skeleton->progs.meshtls_sockops}) {
-    const std::string pin = impl_->pin_dir.empty()
-                                ? std::string()
-                                : StrCat(impl_->pin_dir, "/links/", cgroup_id, "-", bpf_program__name(program));
-    if (!pin.empty() && ::access(pin.c_str(), F_OK) == 0) {
-      // Adopt the earlier agent's link and point it at this agent's program.
-      bpf_link* link = bpf_link__open(pin.c_str());
-      if (link != nullptr && bpf_link__update_program(link, program) == 0) {
-        spdlog::info("adopted pinned BPF link {} for {}", pin, cgroup_path);
-        impl_->links.push_back(link);
-        continue;
-      }
-      spdlog::warn("pinned BPF link {} cannot be adopted ({}); replacing it", pin, std::strerror(errno));
-      if (link != nullptr) {
-        bpf_link__unpin(link);
-        bpf_link__destroy(link);
-      } else {
-        ::unlink(pin.c_str());
-      }
-    }
-    bpf_link* link = bpf_program__attach_cgroup(program, cgroup.get());
-    if (link == nullptr) {
-      return ErrnoStatus(errno, StrCat("attach ", bpf_program__name(program), " to ", cgroup_path));
-    }
-    impl_->links.push_back(link);
-    if (!pin.empty() && bpf_link__pin(link, pin.c_str()) != 0) {
-      return ErrnoStatus(errno, StrCat("pin ", pin));
-    }
+  for (bpf_program* program : Programs(impl_->skeleton.get())) {
+    RETURN_IF_ERROR(impl_->links->AttachOrAdopt(
+        program, StrCat(cgroup_id, "-", bpf_program__name(program)),
+        [&] { return bpf_program__attach_cgroup(program, cgroup.get()); }, cgroup_path));
   }
   return absl::OkStatus();
+}
+
+int CgroupSteering::PruneStaleLinks() {
+  std::vector<std::string> names;
+  for (bpf_program* program : Programs(impl_->skeleton.get())) names.push_back(bpf_program__name(program));
+  return impl_->links->PruneUnclaimed(names);
 }
 
 namespace {

@@ -5,6 +5,10 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
 
 #include <cerrno>
 #include <thread>
@@ -14,38 +18,72 @@
 #include "meshtls/common/status.h"
 #include "meshtls/common/strings.h"
 #include "meshtls/datapath/bpf_skeleton.h"
+#include "link_pins.h"
+#include "spdlog/spdlog.h"
 
 namespace meshtls::datapath {
 
 MESHTLS_BPF_SKELETON(sk_lookup);
 
 struct InboundCapture::Impl {
-  explicit Impl(BpfSkeleton<sk_lookup> s) : skeleton(std::move(s)) {}
-  ~Impl() {
-    for (bpf_link* link : links) bpf_link__destroy(link);
-  }
+  Impl(BpfSkeleton<sk_lookup> s, const std::string& pin_dir)
+      : skeleton(std::move(s)), links(pin_dir), pinned(!pin_dir.empty()) {}
   BpfSkeleton<sk_lookup> skeleton;
-  std::vector<bpf_link*> links;
+  LinkPins links;  // declared after the skeleton: links go first
+  bool pinned;
 };
 
 absl::StatusOr<std::unique_ptr<InboundCapture>> InboundCapture::Create(const SteeringConfig& config) {
-  ASSIGN_OR_RETURN(BpfSkeleton<sk_lookup> skeleton, BpfSkeleton<sk_lookup>::Open());
-  SetAgentPorts(skeleton, config);
-  RETURN_IF_ERROR(skeleton.Load());
+  if (!config.pin_dir.empty()) {
+    RETURN_IF_ERROR(EnsureBpffs(std::filesystem::path(config.pin_dir).parent_path().string()));
+    RETURN_IF_ERROR(MakeDirs(config.pin_dir + "/maps"));
+    RETURN_IF_ERROR(MakeDirs(config.pin_dir + "/links"));
+  }
+  auto open_and_load = [&]() -> absl::StatusOr<BpfSkeleton<sk_lookup>> {
+    ASSIGN_OR_RETURN(BpfSkeleton<sk_lookup> skeleton, BpfSkeleton<sk_lookup>::Open());
+    SetAgentPorts(skeleton, config);
+    if (!config.pin_dir.empty()) {
+      // Pod modes survive a restart; the listener sockets of a dead agent leave the sockhash
+      // by themselves, so STRICT pods are refused until the new agent's listeners are in.
+      const std::string path = StrCat(config.pin_dir, "/maps/inbound_pods");
+      if (bpf_map__set_pin_path(skeleton->maps.inbound_pods, path.c_str()) != 0) {
+        return ErrnoStatus(errno, "set pin path");
+      }
+    }
+    RETURN_IF_ERROR(skeleton.Load());
+    return skeleton;
+  };
+  absl::StatusOr<BpfSkeleton<sk_lookup>> skeleton = open_and_load();
+  if (!skeleton.ok() && !config.pin_dir.empty()) {
+    spdlog::warn("BPF load with the pinned inbound_pods map failed ({}); replacing it", skeleton.status().message());
+    ::unlink(StrCat(config.pin_dir, "/maps/inbound_pods").c_str());
+    skeleton = open_and_load();
+  }
+  if (!skeleton.ok()) return skeleton.status();
   std::unique_ptr<InboundCapture> capture(new InboundCapture());
-  capture->impl_ = std::make_unique<Impl>(std::move(skeleton));
+  capture->impl_ = std::make_unique<Impl>(*std::move(skeleton), config.pin_dir);
   return capture;
 }
 
-InboundCapture::~InboundCapture() = default;
+InboundCapture::~InboundCapture() {
+  if (!impl_) return;
+  impl_->links.set_leave_attached(leave_attached_);
+  if (!leave_attached_ && impl_->pinned) bpf_map__unpin(impl_->skeleton->maps.inbound_pods, nullptr);
+}
 
 absl::Status InboundCapture::AttachToNetns(const std::string& netns_path) {
   UniqueFd netns(::open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!netns) return ErrnoStatus(errno, StrCat("open netns ", netns_path));
-  bpf_link* link = bpf_program__attach_netns(impl_->skeleton->progs.meshtls_inbound, netns.get());
-  if (link == nullptr) return ErrnoStatus(errno, StrCat("attach sk_lookup to ", netns_path));
-  impl_->links.push_back(link);
-  return absl::OkStatus();
+  struct stat st {};
+  if (::fstat(netns.get(), &st) != 0) return ErrnoStatus(errno, StrCat("stat netns ", netns_path));
+  bpf_program* program = impl_->skeleton->progs.meshtls_inbound;
+  return impl_->links.AttachOrAdopt(program, StrCat("netns-", st.st_ino, "-", bpf_program__name(program)),
+                                    [&] { return bpf_program__attach_netns(program, netns.get()); },
+                                    netns_path);
+}
+
+int InboundCapture::PruneStaleLinks() {
+  return impl_->links.PruneUnclaimed({bpf_program__name(impl_->skeleton->progs.meshtls_inbound)});
 }
 
 absl::Status InboundCapture::SetPod(in_addr pod_ip, const meshtls_workload& workload) {

@@ -35,6 +35,9 @@ class CgroupSteering {
   // With a pin_dir, a link pinned by an earlier agent for the same cgroup and program is adopted
   // and switched to this agent's program: never a second attachment.
   absl::Status AttachTo(const std::string& cgroup_path);
+  // After AttachTo() for every wanted cgroup: detaches links an earlier agent pinned for
+  // cgroups that are no longer wanted. Returns how many were removed.
+  int PruneStaleLinks();
 
   // Keep the programs attached and the maps pinned after this object is gone (an agent restart
   // or upgrade). Without it, destruction detaches everything and removes the pins.

@@ -19,7 +19,12 @@ class InboundCapture {
   ~InboundCapture();
 
   // Attaches to the network namespace at `netns_path` (/proc/PID/ns/net or /run/netns/NAME).
+  // With a pin_dir, the link is pinned and a restarted agent adopts it (never a second one).
   absl::Status AttachToNetns(const std::string& netns_path);
+  // After AttachToNetns() for every wanted netns: detaches links pinned for other namespaces.
+  int PruneStaleLinks();
+  // Keep the sk_lookup links and pod modes after this object is gone (an agent restart).
+  void LeaveAttachedOnExit() { leave_attached_ = true; }
   absl::Status SetPod(in_addr pod_ip, const meshtls_workload& workload);
   absl::Status RemovePod(in_addr pod_ip);
   // The agent's capture listener (15006) inside the pod's netns.
@@ -29,6 +34,7 @@ class InboundCapture {
   InboundCapture() = default;
   struct Impl;
   std::unique_ptr<Impl> impl_;
+  bool leave_attached_ = false;
 };
 
 // A socket created inside another network namespace (setns on a short-lived thread, so no
