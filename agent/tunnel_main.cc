@@ -205,24 +205,6 @@ class Tunnel {
   int pending_ = 0;
 };
 
-absl::StatusOr<tls::Datapath> ChooseDatapath(const std::string& requested) {
-  const tls::KtlsSupport ktls = tls::ProbeKtls();
-  if (requested == "auto") {
-    if (ktls.available) {
-      spdlog::info("datapath ktls-splice: {}", ktls.detail);
-      return tls::Datapath::kKtlsSplice;
-    }
-    spdlog::warn("datapath userspace-tls (OpenSSL encrypts in this process): {}", ktls.detail);
-    return tls::Datapath::kUserspaceTls;
-  }
-  ASSIGN_OR_RETURN(tls::Datapath datapath, tls::ParseDatapath(requested));
-  if (datapath == tls::Datapath::kKtlsSplice && !ktls.available) {
-    return absl::FailedPreconditionError(StrCat("--datapath ktls-splice: ", ktls.detail));
-  }
-  spdlog::info("datapath {} (forced)", requested);
-  return datapath;
-}
-
 int Run(const Options& options) {
   if (absl::Status st = ConfigureLogging(options.log_level); !st.ok()) {
     fprintf(stderr, "meshtls-tunnel: %s\n", std::string(st.message()).c_str());
@@ -248,7 +230,7 @@ int Run(const Options& options) {
     if (id.ok()) ctx_options.trust_domain = id->trust_domain();
   }
   if (ctx_options.trust_domain.empty()) ctx_options.trust_domain = "cluster.local";
-  auto datapath = ChooseDatapath(options.datapath);
+  auto datapath = tls::ChooseDatapath(options.datapath);
   if (!datapath.ok()) return fail(datapath.status());
   ctx_options.export_traffic_secrets = *datapath == tls::Datapath::kKtlsSplice;
   auto context = tls::TlsContext::Create(ctx_options);

@@ -34,6 +34,8 @@ std::string_view FailureReasonName(FailureReason reason) {
     case FailureReason::kPeerClosed: return "peer_closed";
     case FailureReason::kIoError: return "io_error";
     case FailureReason::kKtlsSetupFailed: return "ktls_setup_failed";
+    case FailureReason::kPolicyDenied: return "policy_denied";
+    case FailureReason::kShutdown: return "shutdown";
     case FailureReason::kInternal: return "internal";
   }
   return "unknown";

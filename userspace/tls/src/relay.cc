@@ -9,6 +9,7 @@
 #include "meshtls/common/strings.h"
 #include "meshtls/common/status.h"
 #include "meshtls/tls/connection_registry.h"
+#include "meshtls/tls/ktls.h"
 #include "meshtls/common/strings.h"
 #include "spdlog/spdlog.h"
 
@@ -35,6 +36,24 @@ absl::StatusOr<Datapath> ParseDatapath(std::string_view name) {
   if (name == "userspace-tls") return Datapath::kUserspaceTls;
   return absl::InvalidArgumentError(
       StrCat("unknown datapath '", name, "': use ktls-splice or userspace-tls"));
+}
+
+absl::StatusOr<Datapath> ChooseDatapath(std::string_view requested) {
+  const KtlsSupport ktls = ProbeKtls();
+  if (requested == "auto") {
+    if (ktls.available) {
+      spdlog::info("datapath ktls-splice: {}", ktls.detail);
+      return Datapath::kKtlsSplice;
+    }
+    spdlog::warn("datapath userspace-tls (OpenSSL encrypts in this process): {}", ktls.detail);
+    return Datapath::kUserspaceTls;
+  }
+  ASSIGN_OR_RETURN(Datapath datapath, ParseDatapath(requested));
+  if (datapath == Datapath::kKtlsSplice && !ktls.available) {
+    return absl::FailedPreconditionError(StrCat("datapath ktls-splice was requested, but ", ktls.detail));
+  }
+  spdlog::info("datapath {} (forced)", requested);
+  return datapath;
 }
 
 absl::StatusOr<std::shared_ptr<Relay>> Relay::Start(EventLoop& loop, UniqueFd plaintext,

@@ -69,7 +69,10 @@ class SpliceRelay final : public Relay {
  private:
   absl::Status Init(const RelayOptions& options) override {
     ASSIGN_OR_RETURN(up_, MakePipe(options.pipe_size));
+    if (options.plaintext_read_with_recv) up_copy_.resize(256 * 1024);
     ASSIGN_OR_RETURN(down_, MakePipe(options.pipe_size));
+    // The agent may have switched already, to exchange the tunnel preamble through the kernel.
+    if (tunnel_->ssl() == nullptr) return absl::OkStatus();
     return SwitchToKtls(*tunnel_);
   }
 
@@ -82,8 +85,60 @@ class SpliceRelay final : public Relay {
     if (!closed_ && up_closed_ && down_closed_) Finish(FailureReason::kNone, "");
   }
 
+  // plaintext -> buffer -> kTLS socket, for local legs on the sockmap shortcut.
+  bool PumpUpCopy(bool& progress) {
+    if (!up_eof_ && up_copy_fill_ == 0 && plaintext_readable_) {
+      const ssize_t n = ::recv(plaintext_fd(), up_copy_.data(), up_copy_.size(), MSG_DONTWAIT);
+      if (n > 0) {
+        up_copy_fill_ = static_cast<size_t>(n);
+        up_copy_offset_ = 0;
+        progress = true;
+      } else if (n == 0) {
+        up_eof_ = true;
+        progress = true;
+      } else if (errno == EAGAIN) {
+        plaintext_readable_ = false;
+      } else if (errno != EINTR) {
+        return FailWithErrno(errno, "plaintext read");
+      }
+    }
+    if (!tunnel_writable_) return true;
+    if (up_copy_fill_ > 0) {
+      const ssize_t n = ::send(tunnel_fd(), up_copy_.data() + up_copy_offset_, up_copy_fill_,
+                               MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n > 0) {
+        up_copy_fill_ -= static_cast<size_t>(n);
+        up_copy_offset_ += static_cast<size_t>(n);
+        stats_.bytes_to_tunnel += static_cast<uint64_t>(n);
+        progress = true;
+      } else if (n < 0 && errno == EAGAIN) {
+        tunnel_writable_ = false;
+      } else if (n < 0 && errno != EINTR) {
+        return FailWithErrno(errno, "tunnel write");
+      }
+      return true;
+    }
+    return up_eof_ ? CloseUp(progress) : true;
+  }
+
+  bool CloseUp(bool& progress) {
+    if (up_closed_) return true;
+    if (KtlsSendCloseNotify(tunnel_fd()) < 0) {
+      if (errno == EAGAIN) {
+        tunnel_writable_ = false;
+        return true;
+      }
+      return FailWithErrno(errno, "tunnel close_notify");
+    }
+    ::shutdown(tunnel_fd(), SHUT_WR);
+    up_closed_ = true;
+    progress = true;
+    return true;
+  }
+
   // plaintext -> pipe -> kTLS socket (the kernel encrypts).
   bool PumpUp(bool& progress) {
+    if (!up_copy_.empty()) return PumpUpCopy(progress);
     if (!up_eof_ && up_.fill < up_.capacity && plaintext_readable_) {
       // The pipe has room, so EAGAIN means the socket is empty.
       const ssize_t n = ::splice(plaintext_fd(), nullptr, up_.write_end.get(), nullptr,
@@ -113,17 +168,8 @@ class SpliceRelay final : public Relay {
       } else if (n < 0 && errno != EINTR) {
         return FailWithErrno(errno, "tunnel write");
       }
-    } else if (up_eof_ && !up_closed_) {
-      if (KtlsSendCloseNotify(tunnel_fd()) < 0) {
-        if (errno == EAGAIN) {
-          tunnel_writable_ = false;
-          return true;
-        }
-        return FailWithErrno(errno, "tunnel close_notify");
-      }
-      ::shutdown(tunnel_fd(), SHUT_WR);
-      up_closed_ = true;
-      progress = true;
+    } else if (up_eof_) {
+      return CloseUp(progress);
     }
     return true;
   }
@@ -241,6 +287,9 @@ class SpliceRelay final : public Relay {
 
   Pipe up_;
   Pipe down_;
+  std::vector<uint8_t> up_copy_;  // recv() mode only
+  size_t up_copy_fill_ = 0;
+  size_t up_copy_offset_ = 0;
   std::vector<uint8_t> stray_;  // application data that arrived through recvmsg()
   bool up_eof_ = false;
   bool up_closed_ = false;

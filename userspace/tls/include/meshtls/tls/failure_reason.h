@@ -39,6 +39,8 @@ enum class FailureReason {
   kPeerClosed,              // TCP EOF during the handshake
   kIoError,
   kKtlsSetupFailed,
+  kPolicyDenied,            // an AuthorizationPolicy now denies this connection
+  kShutdown,                // the agent's drain deadline passed
   kInternal,
 };
 

@@ -21,6 +21,10 @@ enum class Datapath {
 };
 std::string_view DatapathName(Datapath datapath);
 absl::StatusOr<Datapath> ParseDatapath(std::string_view name);
+// "auto" picks ktls-splice where the running kernel passes the kTLS probe, else userspace-tls
+// (with a warning saying why). A forced ktls-splice without kernel support is an error. The
+// choice and its reason are logged.
+absl::StatusOr<Datapath> ChooseDatapath(std::string_view requested);
 
 class ConnectionRegistry;
 
@@ -29,6 +33,9 @@ struct RelayOptions {
   size_t pipe_size = 1 << 20;
   // If set, the relay is listed there while it runs (must outlive the relay).
   ConnectionRegistry* registry = nullptr;
+  // Read the plaintext socket with recv() rather than splice(): bytes that arrive through the
+  // sockmap shortcut (sk_msg redirect) are invisible to splice().
+  bool plaintext_read_with_recv = false;
 };
 
 struct RelayStats {

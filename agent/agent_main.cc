@@ -1,0 +1,299 @@
+// meshtls-agent: the per-node daemon. It wires the libraries together: configuration, the
+// embedded CA and SVIDs, policies, the workload registry, eBPF steering, and the node proxy
+// with one event loop per core. See docs/config.md for every setting.
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+#include <vector>
+
+#include "meshtls/agent/config.h"
+#include "meshtls/common/event_loop.h"
+#include "meshtls/common/logging.h"
+#include "meshtls/common/status.h"
+#include "meshtls/common/strings.h"
+#include "meshtls/datapath/cgroup_steering.h"
+#include "meshtls/datapath/inbound_capture.h"
+#include "meshtls/datapath/local_leg_shortcut.h"
+#include "meshtls/identity/certificate_authority.h"
+#include "meshtls/identity/svid_store.h"
+#include "meshtls/policy/policy.h"
+#include "meshtls/proxy/access_log.h"
+#include "meshtls/proxy/node_proxy.h"
+#include "meshtls/telemetry/metrics.h"
+#include "meshtls/tls/connection_registry.h"
+#include "meshtls/tls/identity_contexts.h"
+#include "meshtls/tls/relay.h"
+#include "meshtls/workload/registry.h"
+#include "spdlog/spdlog.h"
+
+namespace meshtls::agent {
+namespace {
+
+class Agent {
+ public:
+  explicit Agent(AgentConfig config) : config_(std::move(config)) {}
+
+  absl::Status Start() {
+    ASSIGN_OR_RETURN(control_, EventLoop::Create());
+
+    // Identity: the embedded CA under the state dir (made once, 0600), SVIDs in memory only.
+    const std::string ca_dir = config_.state_dir + "/ca";
+    ASSIGN_OR_RETURN(ca_, identity::CertificateAuthority::LoadOrInit(ca_dir, config_.trust_domain));
+    if (ca_->trust_domain() != config_.trust_domain) {
+      return absl::FailedPreconditionError(StrCat("the CA in ", ca_dir, " is for trust domain '", ca_->trust_domain(),
+                                                  "' but trustDomain is '", config_.trust_domain, "'"));
+    }
+    metrics_ = std::make_shared<telemetry::Metrics>();
+    identity::SvidStoreOptions svid_options;
+    svid_options.issue.ttl = std::chrono::duration_cast<std::chrono::seconds>(config_.svid_ttl);
+    svid_options.metrics = metrics_;
+    svids_ = std::make_unique<identity::SvidStore>(*ca_, svid_options);
+
+    ASSIGN_OR_RETURN(datapath_, tls::ChooseDatapath(Name(config_.datapath)));
+    tls::TlsContextOptions context_options;
+    context_options.trust_bundle_pem = ca_->TrustBundlePem();
+    context_options.trust_domain = config_.trust_domain;
+    context_options.export_traffic_secrets = datapath_ == tls::Datapath::kKtlsSplice;
+    identities_ = std::make_unique<tls::IdentityContexts>(*svids_, context_options);
+
+    ASSIGN_OR_RETURN(access_log_, proxy::AccessLog::Create(config_.access_log));
+    ASSIGN_OR_RETURN(policies_, policy::PolicyStore::Create(
+                                    *control_, config_.policy_dir, config_.root_namespace,
+                                    [this](const std::shared_ptr<const policy::PolicySet>& set) {
+                                      spdlog::info("policies reloaded: {} PeerAuthentication, {} AuthorizationPolicy",
+                                                   set->peer_authentication_count(), set->authorization_policy_count());
+                                      if (proxy_) proxy_->OnPolicyChange();
+                                    }));
+    for (const std::string& warning : policies_->Current()->warnings()) spdlog::warn("policy: {}", warning);
+    ASSIGN_OR_RETURN(workloads_, workload::WorkloadRegistry::Create(
+                                     std::make_unique<workload::StaticWorkloadFile>(config_.workloads)));
+
+    RETURN_IF_ERROR(StartBpf());
+
+    const unsigned workers = config_.workers != 0 ? config_.workers : std::max(1u, std::thread::hardware_concurrency());
+    for (unsigned i = 0; i < workers; ++i) {
+      ASSIGN_OR_RETURN(std::unique_ptr<EventLoop> loop, EventLoop::Create());
+      workers_.push_back(std::move(loop));
+    }
+    for (auto& loop : workers_) threads_.emplace_back([l = loop.get()] { l->Run(); });
+
+    proxy::ProxyOptions proxy_options;
+    proxy_options.node_name = config_.node_name;
+    proxy_options.trust_domain = config_.trust_domain;
+    proxy_options.ports = {config_.ports.outbound, config_.ports.inbound_capture, config_.ports.tunnel};
+    proxy_options.datapath = datapath_;
+    proxy_options.local_leg_shortcut = shortcut_ != nullptr;
+    proxy_options.handshake_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(config_.handshake_timeout);
+    proxy_options.max_pending_handshakes = config_.max_pending_handshakes;
+    proxy_options.max_connections = config_.max_connections;
+    proxy::ProxyDependencies deps;
+    for (auto& loop : workers_) deps.workers.push_back(loop.get());
+    deps.identities = identities_.get();
+    deps.policies = policies_.get();
+    deps.steering = steering_.get();
+    deps.capture = capture_.get();
+    deps.access_log = access_log_.get();
+    deps.registry = &registry_;
+    ASSIGN_OR_RETURN(proxy_, proxy::NodeProxy::Create(proxy_options, deps));
+    if (absl::Status st = proxy_->Reconcile(workloads_->Current()); !st.ok()) {
+      spdlog::error("some workloads are not served: {}", st.message());
+    }
+    if (steering_) steering_->PruneStaleLinks();
+    if (shortcut_) shortcut_->PruneStaleLinks();
+    ASSIGN_OR_RETURN(workload_watcher_,
+                     workload::WatchWorkloadFile(*control_, *workloads_, config_.workloads,
+                                                 [this](const absl::StatusOr<workload::WorkloadDiff>& diff) {
+                                                   if (!diff.ok()) {
+                                                     spdlog::error("workloads reload rejected, keeping the last good set: {}",
+                                                                   diff.status().message());
+                                                     return;
+                                                   }
+                                                   spdlog::info("workloads reloaded: +{} -{} ~{}", diff->added.size(),
+                                                                diff->removed.size(), diff->changed.size());
+                                                   (void)proxy_->Reconcile(workloads_->Current());
+                                                 }));
+    ScheduleSvidTick();
+    RETURN_IF_ERROR(WatchSignals());
+    spdlog::info("meshtls-agent ready: node {}, trust domain {}, datapath {}, {} worker loop(s), serving {} workload(s)",
+                 config_.node_name, config_.trust_domain, tls::DatapathName(datapath_), workers_.size(),
+                 proxy_->ServedWorkloads().size());
+    return absl::OkStatus();
+  }
+
+  int Run() {
+    control_->Run();
+    Shutdown();
+    return exit_code_;
+  }
+
+ private:
+  absl::Status StartBpf() {
+    datapath::SteeringConfig steering_config;
+    steering_config.outbound_port = config_.ports.outbound;
+    steering_config.inbound_capture_port = config_.ports.inbound_capture;
+    steering_config.tunnel_port = config_.ports.tunnel;
+    steering_config.pin_dir = config_.bpf_pin_dir;
+    ASSIGN_OR_RETURN(steering_, datapath::CgroupSteering::Create(steering_config));
+    RETURN_IF_ERROR(steering_->AttachTo(config_.cgroup_root));
+    ASSIGN_OR_RETURN(capture_, datapath::InboundCapture::Create(steering_config));
+    // The shortcut is on only when asked for: `make bench-steering` decides the default
+    // (ARCHITECTURE.md, "Local-leg shortcut").
+    if (config_.local_leg_shortcut == LocalLegShortcut::kOn) {
+      ASSIGN_OR_RETURN(shortcut_, datapath::LocalLegShortcut::Create(steering_config));
+      RETURN_IF_ERROR(shortcut_->AttachTo(config_.cgroup_root));
+      ASSIGN_OR_RETURN(std::string own, datapath::OwnCgroupPath(config_.cgroup_root));
+      if (own != config_.cgroup_root) RETURN_IF_ERROR(shortcut_->AttachTo(own));
+      spdlog::info("local-leg sockmap shortcut on");
+    }
+    if (config_.leave_bpf_attached_on_exit) {
+      steering_->LeaveAttachedOnExit();
+      capture_->LeaveAttachedOnExit();
+      if (shortcut_) shortcut_->LeaveAttachedOnExit();
+    }
+    return absl::OkStatus();
+  }
+
+  void ScheduleSvidTick() {
+    const auto next = svids_->Tick();
+    const auto delay = std::max(std::chrono::system_clock::duration(std::chrono::seconds(1)),
+                                next - std::chrono::system_clock::now());
+    control_->AddTimer(EventLoop::Clock::now() + std::min<std::chrono::system_clock::duration>(delay, std::chrono::minutes(5)),
+                       [this] { ScheduleSvidTick(); });
+  }
+
+  absl::Status WatchSignals() {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&set, sig);
+    if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) return absl::InternalError("pthread_sigmask");
+    signal_fd_.reset(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
+    if (!signal_fd_) return ErrnoStatus(errno, "signalfd");
+    return control_->Add(signal_fd_.get(), EPOLLIN, [this](uint32_t) {
+      signalfd_siginfo info{};
+      while (::read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
+        if (info.ssi_signo == SIGHUP) {
+          Reload();
+        } else {
+          Drain(info.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+        }
+      }
+    });
+  }
+
+  void Reload() {
+    spdlog::info("SIGHUP: reloading policies and workloads");
+    if (absl::Status st = policies_->Reload(); !st.ok()) spdlog::error("policy reload rejected: {}", st.message());
+    auto diff = workloads_->Reload();
+    if (!diff.ok()) {
+      spdlog::error("workloads reload rejected: {}", diff.status().message());
+      return;
+    }
+    (void)proxy_->Reconcile(workloads_->Current());
+  }
+
+  // Stops accepting, lets connections finish up to drainTimeout, then closes the rest.
+  void Drain(const char* why) {
+    if (draining_) {
+      spdlog::warn("{} again: closing every connection now", why);
+      proxy_->AbortAll();
+      control_->Stop();
+      return;
+    }
+    draining_ = true;
+    const int64_t open = proxy_->counters().active_connections.load();
+    spdlog::info("{}: draining {} connection(s), at most {} ms", why, open,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(config_.drain_timeout).count());
+    proxy_->StopAccepting();
+    drain_deadline_ = EventLoop::Clock::now() + std::chrono::duration_cast<EventLoop::Clock::duration>(config_.drain_timeout);
+    CheckDrained();
+  }
+
+  void CheckDrained() {
+    const int64_t open = proxy_->counters().active_connections.load() + proxy_->counters().pending_handshakes.load();
+    if (open <= 0) {
+      spdlog::info("drained");
+      control_->Stop();
+      return;
+    }
+    if (EventLoop::Clock::now() >= drain_deadline_) {
+      spdlog::warn("drain deadline passed: closing {} connection(s)", open);
+      proxy_->AbortAll();
+      // Give the loops a moment to reset the sockets before they stop.
+      control_->AddTimer(EventLoop::Clock::now() + std::chrono::milliseconds(200), [this] { control_->Stop(); });
+      return;
+    }
+    control_->AddTimer(EventLoop::Clock::now() + std::chrono::milliseconds(50), [this] { CheckDrained(); });
+  }
+
+  void Shutdown() {
+    workload_watcher_.reset();
+    proxy_.reset();  // unwatches listeners on the running loops, then closes them
+    for (auto& loop : workers_) loop->Stop();
+    for (auto& thread : threads_) thread.join();
+    threads_.clear();
+    workers_.clear();
+    policies_.reset();
+    spdlog::info("meshtls-agent stopped (BPF programs {})",
+                 config_.leave_bpf_attached_on_exit ? "left attached: STRICT pods fail closed until the agent is back"
+                                                    : "detached");
+  }
+
+  AgentConfig config_;
+  std::unique_ptr<EventLoop> control_;
+  std::unique_ptr<identity::CertificateAuthority> ca_;
+  std::shared_ptr<telemetry::Metrics> metrics_;
+  std::unique_ptr<identity::SvidStore> svids_;
+  tls::Datapath datapath_ = tls::Datapath::kUserspaceTls;
+  std::unique_ptr<tls::IdentityContexts> identities_;
+  std::unique_ptr<proxy::AccessLog> access_log_;
+  std::unique_ptr<policy::PolicyStore> policies_;
+  std::unique_ptr<workload::WorkloadRegistry> workloads_;
+  std::unique_ptr<FileWatcher> workload_watcher_;
+  std::unique_ptr<datapath::CgroupSteering> steering_;
+  std::unique_ptr<datapath::InboundCapture> capture_;
+  std::unique_ptr<datapath::LocalLegShortcut> shortcut_;
+  tls::ConnectionRegistry registry_;
+  std::vector<std::unique_ptr<EventLoop>> workers_;
+  std::vector<std::thread> threads_;
+  std::unique_ptr<proxy::NodeProxy> proxy_;
+  UniqueFd signal_fd_;
+  bool draining_ = false;
+  EventLoop::Clock::time_point drain_deadline_;
+  int exit_code_ = 0;
+};
+
+}  // namespace
+}  // namespace meshtls::agent
+
+int main(int argc, char** argv) {
+  CLI::App app{"meshtls-agent: the per-node mTLS agent (sidecar-less, eBPF steering, kTLS)"};
+  meshtls::agent::FlagOverrides flags;
+  meshtls::agent::AddFlags(app, &flags);
+  CLI11_PARSE(app, argc, argv);
+  auto config = meshtls::agent::ResolveConfig(flags);
+  if (!config.ok()) {
+    std::fprintf(stderr, "meshtls-agent: %s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  if (flags.print_config) {
+    std::fputs(meshtls::agent::DumpConfig(*config).c_str(), stdout);
+    return 0;
+  }
+  if (absl::Status st = meshtls::ConfigureLogging(meshtls::agent::Name(config->log_level)); !st.ok()) {
+    std::fprintf(stderr, "meshtls-agent: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  meshtls::agent::Agent agent(*std::move(config));
+  if (absl::Status st = agent.Start(); !st.ok()) {
+    spdlog::critical("cannot start: {}", st.message());
+    return 1;
+  }
+  return agent.Run();
+}

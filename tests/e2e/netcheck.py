@@ -1,0 +1,61 @@
+#!/usr/bin/python3
+"""Tiny TCP client/server for the end-to-end tests (no netcat on a fresh Debian).
+
+  netcheck.py serve PORT [--reply TEXT] [--count N]   echo server: answers REPLY + what it got
+  netcheck.py send HOST PORT TEXT [--timeout S]       prints the answer; exit 0 ok,
+                                                      3 refused, 4 reset, 5 timeout, 6 closed empty
+"""
+import socket, sys, argparse
+
+def serve(args):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", args.port))
+    s.listen(64)
+    print("listening", flush=True)
+    served = 0
+    while args.count == 0 or served < args.count:
+        c, _ = s.accept()
+        try:
+            c.settimeout(10)
+            data = c.recv(65536)
+            c.sendall(args.reply.encode() + b":" + data)
+            c.shutdown(socket.SHUT_WR)
+            c.recv(1)
+        except OSError:
+            pass
+        finally:
+            c.close()
+        served += 1
+
+def send(args):
+    try:
+        c = socket.create_connection((args.host, args.port), timeout=args.timeout)
+    except ConnectionRefusedError:
+        print("refused"); return 3
+    except (socket.timeout, TimeoutError):
+        print("timeout"); return 5
+    try:
+        c.sendall(args.text.encode())
+        c.shutdown(socket.SHUT_WR)
+        out = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    except ConnectionResetError:
+        print("reset"); return 4
+    except (socket.timeout, TimeoutError):
+        print("timeout"); return 5
+    if not out:
+        print("closed"); return 6
+    print(out.decode(errors="replace"))
+    return 0
+
+p = argparse.ArgumentParser()
+sub = p.add_subparsers(dest="cmd", required=True)
+a = sub.add_parser("serve"); a.add_argument("port", type=int); a.add_argument("--reply", default="pong"); a.add_argument("--count", type=int, default=0)
+b = sub.add_parser("send"); b.add_argument("host"); b.add_argument("port", type=int); b.add_argument("text"); b.add_argument("--timeout", type=float, default=5)
+args = p.parse_args()
+sys.exit(serve(args) if args.cmd == "serve" else send(args))

@@ -1,0 +1,93 @@
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "meshtls/common/event_loop.h"
+#include "meshtls/datapath/cgroup_steering.h"
+#include "meshtls/datapath/inbound_capture.h"
+#include "meshtls/datapath/local_leg_shortcut.h"
+#include "meshtls/policy/policy.h"
+#include "meshtls/proxy/access_log.h"
+#include "meshtls/tls/connection_registry.h"
+#include "meshtls/tls/identity_contexts.h"
+#include "meshtls/tls/relay.h"
+#include "meshtls/workload/registry.h"
+
+namespace meshtls::proxy {
+
+struct ProxyPorts {
+  uint16_t outbound = 15001;
+  uint16_t inbound_capture = 15006;
+  uint16_t tunnel = 15008;
+};
+
+struct ProxyOptions {
+  std::string node_name;
+  std::string trust_domain;
+  ProxyPorts ports;
+  tls::Datapath datapath = tls::Datapath::kUserspaceTls;
+  bool local_leg_shortcut = false;  // read local legs with recv() (the sockmap shortcut is on)
+  std::chrono::milliseconds handshake_timeout{10'000};
+  uint32_t max_pending_handshakes = 1024;
+  uint32_t max_connections = 65536;
+};
+
+// What the proxy uses but does not own. Everything must outlive the proxy.
+struct ProxyDependencies {
+  std::vector<EventLoop*> workers;  // one per core; every pod listener is watched by all of them
+  tls::IdentityContexts* identities = nullptr;
+  policy::PolicyStore* policies = nullptr;
+  datapath::CgroupSteering* steering = nullptr;  // null: no outbound steering (tests)
+  datapath::InboundCapture* capture = nullptr;   // null: no inbound capture
+  AccessLog* access_log = nullptr;
+  tls::ConnectionRegistry* registry = nullptr;
+};
+
+struct ProxyCounters {
+  std::atomic<uint64_t> handshakes_ok{0};
+  std::atomic<uint64_t> handshakes_failed{0};
+  std::atomic<uint64_t> denied{0};
+  std::atomic<uint64_t> plaintext_refused{0};
+  std::atomic<uint64_t> passthrough{0};
+  std::atomic<uint64_t> limit_refusals{0};
+  std::atomic<int64_t> pending_handshakes{0};
+  std::atomic<int64_t> active_connections{0};
+};
+
+// The node's proxy: per meshed pod on this node, listeners inside the pod's netns (15001
+// outbound, 15006 inbound capture, 15008 tunnel), and the three connection paths between them.
+// Reconcile() makes listeners and BPF maps match a workload snapshot; it runs on one control
+// thread, while connections run on the worker loops.
+class NodeProxy {
+ public:
+  static absl::StatusOr<std::unique_ptr<NodeProxy>> Create(ProxyOptions options, ProxyDependencies deps);
+  ~NodeProxy();
+
+  // Brings listeners and BPF maps in line with `snapshot`. Per-pod failures are logged and
+  // returned together; other pods are still served.
+  absl::Status Reconcile(std::shared_ptr<const workload::WorkloadSnapshot> snapshot);
+  // Re-applies modes after a policy change and closes connections a DENY now matches.
+  void OnPolicyChange();
+  // Stops accepting on every listener (drain starts); connections keep running.
+  void StopAccepting();
+  // Ends every connection now (the drain deadline).
+  void AbortAll();
+
+  const ProxyCounters& counters() const { return counters_; }
+  std::vector<std::string> ServedWorkloads() const;
+  struct Impl;
+
+ private:
+  NodeProxy() = default;
+  std::unique_ptr<Impl> impl_;
+  ProxyCounters counters_;
+};
+
+}  // namespace meshtls::proxy
