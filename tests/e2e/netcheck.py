@@ -33,6 +33,8 @@ def send(args):
         c = socket.create_connection((args.host, args.port), timeout=args.timeout)
     except ConnectionRefusedError:
         print("refused"); return 3
+    except ConnectionResetError:
+        print("reset"); return 4
     except (socket.timeout, TimeoutError):
         print("timeout"); return 5
     try:
@@ -44,7 +46,7 @@ def send(args):
             if not chunk:
                 break
             out += chunk
-    except ConnectionResetError:
+    except (ConnectionResetError, BrokenPipeError):
         print("reset"); return 4
     except (socket.timeout, TimeoutError):
         print("timeout"); return 5

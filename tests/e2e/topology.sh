@@ -117,6 +117,7 @@ leaveBpfAttachedOnExit: ${TOPO_LEAVE_ATTACHED:-false}
 drainTimeout: 2s
 workers: 2
 EOF
+  [[ -n ${TOPO_EXTRA_CONFIG:-} ]] && cat "$TOPO_EXTRA_CONFIG" >>"$config"
   # Both nodes share one CA (made once with `meshtlsctl ca init`), as one cluster would.
   mkdir -p "$TOPO_ROOT/state$n"
   [[ -e $TOPO_ROOT/state$n/ca ]] || ln -s "$TOPO_ROOT/ca" "$TOPO_ROOT/state$n/ca"

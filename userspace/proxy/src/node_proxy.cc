@@ -138,6 +138,32 @@ struct NodeProxy::Impl {
     policy::SourceAttributes source;
   };
   std::map<const void*, InboundEntry> inbound;
+  std::map<IpAddress, uint32_t> pending_by_source;  // inbound handshakes in progress, per peer
+
+  uint32_t PerSourceLimit() const {
+    if (options.max_pending_handshakes_per_source != 0) return options.max_pending_handshakes_per_source;
+    return std::max<uint32_t>(16, options.max_pending_handshakes / 8);
+  }
+
+  // Counts an inbound handshake against its source; false (and a log line) over the limit.
+  bool AdmitFromSource(const IpAddress& source) {
+    std::lock_guard<std::mutex> lock(mutex);
+    uint32_t& pending = pending_by_source[source];
+    if (pending >= PerSourceLimit()) {
+      counters->limit_refusals++;
+      spdlog::warn("connection from {} refused: {} handshakes pending from that address (limit maxPendingHandshakes/8)",
+                   source.ToString(), pending);
+      return false;
+    }
+    ++pending;
+    return true;
+  }
+
+  void ReleaseSource(const IpAddress& source) {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = pending_by_source.find(source);
+    if (it != pending_by_source.end() && --it->second == 0) pending_by_source.erase(it);
+  }
 
   std::shared_ptr<const workload::WorkloadSnapshot> Snapshot() {
     std::lock_guard<std::mutex> lock(mutex);
@@ -398,19 +424,27 @@ struct NodeProxy::Impl {
       Log(record);
     };
     if (!AdmitHandshake()) return refuse("overloaded", "handshake or connection limit reached");
+    if (!AdmitFromSource(source_ip)) return refuse("overloaded", "too many pending handshakes from this address");
     auto context = deps.identities->For(pod->identity);
-    if (!context.ok()) return refuse("no_certificate", std::string(context.status().message()));
+    if (!context.ok()) {
+      ReleaseSource(source_ip);
+      return refuse("no_certificate", std::string(context.status().message()));
+    }
     tls::SessionOptions session_options;
     session_options.role = tls::Role::kServer;
     session_options.handshake_timeout = options.handshake_timeout;
     session_options.capture_traffic_secrets = options.datapath == tls::Datapath::kKtlsSplice;
     auto session = tls::TlsSession::Create(*context, std::move(accepted), session_options);
-    if (!session.ok()) return refuse("internal", std::string(session.status().message()));
+    if (!session.ok()) {
+      ReleaseSource(source_ip);
+      return refuse("internal", std::string(session.status().message()));
+    }
     counters->pending_handshakes++;
     const auto deadline = Clock::now() + options.handshake_timeout;
     tls::DriveHandshake(loop, *std::move(session),
                         [this, &loop, pod, record, source_ip, deadline](std::unique_ptr<tls::TlsSession> s) mutable {
       counters->pending_handshakes--;
+      ReleaseSource(source_ip);
       if (!s->handshake_done()) {
         counters->handshakes_failed++;
         record.result = "error";

@@ -36,6 +36,9 @@ struct ProxyOptions {
   bool local_leg_shortcut = false;  // read local legs with recv() (the sockmap shortcut is on)
   std::chrono::milliseconds handshake_timeout{10'000};
   uint32_t max_pending_handshakes = 1024;
+  // Pending inbound handshakes one source address may hold, so that one flooding peer cannot
+  // use up the node-wide limit and lock out everyone else. 0: max_pending_handshakes / 8.
+  uint32_t max_pending_handshakes_per_source = 0;
   uint32_t max_connections = 65536;
 };
 

@@ -1,0 +1,299 @@
+#!/usr/bin/env bash
+# End-to-end tests of meshtls-agent on the one-machine topology (tests/e2e/topology.sh): two
+# "nodes" and four pods in network namespaces and cgroups, one agent per node. Privileged (root).
+# Each test builds its own topology and removes it, even on failure.
+#
+# usage: e2e.sh BUILD_DIR TEST [--datapath D]     TEST: one of the test_* names below, or "all"
+set -uo pipefail
+build=$(cd "${1:?usage: e2e.sh BUILD_DIR TEST}" && pwd)
+test_name=${2:?usage: e2e.sh BUILD_DIR TEST}
+shift 2
+DATAPATH=auto
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --datapath) DATAPATH=$2; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+here=$(cd "$(dirname "$0")" && pwd)
+TOPO_AGENT=$build/agent/meshtls-agent
+CTL=$build/agent/meshtlsctl
+NETCHECK="/usr/bin/python3 $here/netcheck.py"
+source "$here/topology.sh"
+
+failures=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+pass() { echo "ok: $*"; }
+expect_eq() {  # WHAT WANT GOT
+  if [[ $2 == "$3" ]]; then pass "$1"; else fail "$1: want '$2', got '$3'"; fi
+}
+expect_contains() {  # WHAT FILE PATTERN
+  if grep -q -- "$3" "$2"; then pass "$1"; else fail "$1: '$3' not in $2"; sed 's/^/    /' "$2" | tail -20; fi
+}
+
+setup() {
+  topo_up || { echo "FAIL: topology"; exit 1; }
+  "$CTL" ca init --dir "$TOPO_ROOT/ca" --trust-domain cluster.local >/dev/null
+}
+teardown() {
+  if [[ $failures -gt 0 ]]; then
+    for f in "$TOPO_ROOT"/agent*.log "$TOPO_ROOT"/access-*.log; do
+      [[ -f $f ]] && { echo "--- $f"; tail -25 "$f"; }
+    done
+  fi
+  topo_down
+}
+trap teardown EXIT
+
+policy() {  # FILE-NAME YAML: writes a policy file atomically (the agents hot-reload)
+  printf '%s\n' "$2" >"$TOPO_ROOT/policies/.$1.tmp"
+  mv "$TOPO_ROOT/policies/.$1.tmp" "$TOPO_ROOT/policies/$1.yaml"
+}
+mesh_mode() {
+  policy mesh "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: $1}}"
+}
+wait_reload() {  # N: waits for the Nth "policies reloaded" in both agents' logs
+  local i
+  for i in $(seq 50); do
+    [[ $(grep -c "policies reloaded" "$TOPO_ROOT/agent1.log") -ge $1 && \
+       $(grep -c "policies reloaded" "$TOPO_ROOT/agent2.log") -ge $1 ]] && return 0
+    sleep 0.1
+  done
+  fail "policies were not reloaded"
+}
+serve() {  # POD PORT: an echo server answering "POD:<request>"
+  topo_run "$1" $NETCHECK serve "$2" --reply "$1" >"$TOPO_ROOT/serve-$1-$2.log" 2>&1 &
+  local i
+  for i in $(seq 50); do grep -q listening "$TOPO_ROOT/serve-$1-$2.log" && return 0; sleep 0.05; done
+  fail "server $1:$2 did not start"
+}
+send() {  # FROM-POD HOST PORT TEXT -> prints the answer (or refused/reset/closed/timeout)
+  topo_run "$1" $NETCHECK send "$2" "$3" "$4" --timeout 5 2>&1 | tail -1
+}
+agents() { topo_start_agent 1 --datapath "$DATAPATH" "$@" && topo_start_agent 2 --datapath "$DATAPATH" "$@"; }
+capture_start() {  # records the node1<->node2 wire
+  ip netns exec "$(topo_ns node1)" tcpdump --immediate-mode -Z root -i "w$TOPO_ID-1" -U -s 0 -w "$TOPO_ROOT/wire.pcap" >"$TOPO_ROOT/tcpdump.log" 2>&1 &
+  CAPTURE_PID=$!
+  sleep 0.5
+}
+capture_stop() { sleep 0.3; kill "$CAPTURE_PID" 2>/dev/null; wait "$CAPTURE_PID" 2>/dev/null; }
+# Prints "<tcp packets to/from 15008> <TLS application-data records seen> <marker hits>".
+wire_summary() {
+  /usr/bin/python3 "$here/pcap_check.py" "$TOPO_ROOT/wire.pcap" "$1"
+}
+
+# --- the tests ---------------------------------------------------------------------------
+
+test_strict() {
+  setup; mesh_mode STRICT; agents || return
+  serve n2a 8080
+  expect_eq "plaintext from outside the mesh to a STRICT pod is refused" reset "$(send out 10.0.2.2 8080 plain)"
+  expect_contains "the refusal is logged" "$TOPO_ROOT/access-2.log" '"reason":"plaintext_refused"'
+  capture_start
+  local marker=MESHTLS-SECRET-MARKER-$RANDOM$RANDOM
+  expect_eq "mesh traffic flows" "n2a:$marker" "$(send n1a 10.0.2.2 8080 "$marker")"
+  capture_stop
+  read -r packets records hits <<<"$(wire_summary "$marker")"
+  [[ $packets -gt 0 && $records -gt 0 ]] && pass "the wire carried TLS records ($packets packets, $records records)" \
+    || fail "no TLS seen on the wire ($packets packets, $records records)"
+  expect_eq "the plaintext marker never crossed the wire" 0 "$hits"
+  expect_contains "outbound logged with identities" "$TOPO_ROOT/access-1.log" \
+    '"dst_identity":"spiffe://cluster.local/ns/default/sa/httpbin".*"result":"ok"'
+  expect_contains "inbound logged with the client identity" "$TOPO_ROOT/access-2.log" \
+    '"direction":"inbound".*"src_identity":"spiffe://cluster.local/ns/default/sa/sleep"'
+}
+
+test_permissive_and_disable() {
+  setup; mesh_mode PERMISSIVE
+  policy legacy 'apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: legacy, namespace: other}
+spec:
+  selector: {matchLabels: {app: legacy}}
+  mtls: {mode: DISABLE}'
+  agents || return
+  serve n2a 8080; serve n2b 8080
+  expect_eq "PERMISSIVE: plaintext passes" "n2a:hello" "$(send out 10.0.2.2 8080 hello)"
+  expect_contains "PERMISSIVE plaintext is logged as tls=false" "$TOPO_ROOT/access-2.log" \
+    '"direction":"passthrough".*"result":"ok".*"tls":false'
+  expect_eq "PERMISSIVE: mesh traffic still uses mTLS" "n2a:meshed" "$(send n1a 10.0.2.2 8080 meshed)"
+  expect_contains "mesh traffic logged with TLS" "$TOPO_ROOT/access-2.log" '"direction":"inbound".*"tls":true'
+  expect_eq "DISABLE: plaintext reaches the pod" "n2b:direct" "$(send out 10.0.2.3 8080 direct)"
+  if grep -q '"dst_workload":"other/n2b".*"direction":"passthrough"\|"direction":"passthrough".*"dst_workload":"other/n2b"' "$TOPO_ROOT/access-2.log"; then
+    fail "DISABLE: the agent touched the pod's inbound traffic"
+  else
+    pass "DISABLE: the agent left the port alone"
+  fi
+}
+
+test_authorization() {
+  setup; mesh_mode STRICT
+  policy allow-sleep 'apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-sleep, namespace: default}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]
+    to: [{operation: {ports: ["8080"]}}]'
+  policy legacy-l7 'apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: legacy-get-only, namespace: other}
+spec:
+  selector: {matchLabels: {app: legacy}}
+  rules:
+  - to: [{operation: {methods: ["GET"]}}]'
+  agents || return
+  serve n2a 8080; serve n2a 9090; serve n2b 8080
+  expect_eq "allowed principal" "n2a:ok" "$(send n1a 10.0.2.2 8080 ok)"
+  expect_eq "other principal is refused" reset "$(send n1b 10.0.2.2 8080 no)"
+  expect_contains "the denial names the policy" "$TOPO_ROOT/access-1.log" \
+    '"result":"denied".*"src_identity":"spiffe://cluster.local/ns/default/sa/intruder"'
+  expect_contains "the server side logs policy_denied" "$TOPO_ROOT/access-2.log" '"reason":"policy_denied"'
+  expect_eq "port rule: 9090 is not allowed" reset "$(send n1a 10.0.2.2 9090 port)"
+  expect_eq "an L7-only ALLOW rule never matches (denied at L4)" reset "$(send n1a 10.0.2.3 8080 l7)"
+  policy deny-default 'apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-default-ns, namespace: default}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - from: [{source: {namespaces: ["default"]}}]'
+  wait_reload 1
+  expect_eq "DENY wins over ALLOW (namespace rule)" reset "$(send n1a 10.0.2.2 8080 denied)"
+  expect_contains "the DENY policy is named" "$TOPO_ROOT/access-2.log" 'deny-default-ns'
+  policy deny-default 'apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-default-ns, namespace: default}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - from: [{source: {notNamespaces: ["default"]}}]'
+  wait_reload 2
+  expect_eq "notNamespaces: the default namespace passes again" "n2a:back" "$(send n1a 10.0.2.2 8080 back)"
+  policy broken 'apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: broken, namespace: default}
+spec:
+  rules:
+  - from: [{source: {principal: ["x"]}}]'
+  sleep 0.5
+  expect_contains "a bad policy file is rejected with its file and line" "$TOPO_ROOT/agent2.log" 'broken.yaml:[0-9]*:.*principal'
+  expect_eq "the last good policy set stays in force" "n2a:still" "$(send n1a 10.0.2.2 8080 still)"
+}
+
+test_identity_mismatch() {
+  setup; mesh_mode STRICT
+  # Node 1 believes n2a runs as "httpbin"; node 2 serves it as "impostor".
+  sed 's/serviceAccount: httpbin/serviceAccount: impostor/' "$TOPO_ROOT/workloads.yaml" >"$TOPO_ROOT/workloads-2.yaml"
+  topo_start_agent 1 --datapath "$DATAPATH" || return
+  topo_start_agent 2 --datapath "$DATAPATH" --workloads "$TOPO_ROOT/workloads-2.yaml" || return
+  serve n2a 8080
+  expect_eq "the client agent refuses a server with the wrong identity" reset "$(send n1a 10.0.2.2 8080 x)"
+  expect_contains "the reason is identity_mismatch" "$TOPO_ROOT/access-1.log" '"reason":"identity_mismatch"'
+}
+
+test_rotation_under_load() {
+  setup; mesh_mode STRICT
+  # 10 s certificates rotate at about half-life: several rotations during 30 s of traffic.
+  printf 'svidTtl: 10s\n' >"$TOPO_ROOT/ttl.yaml"
+  TOPO_EXTRA_CONFIG=$TOPO_ROOT/ttl.yaml
+  agents || return
+  topo_run n2a iperf3 -s -p 5201 >"$TOPO_ROOT/iperf-server.log" 2>&1 &
+  sleep 0.5
+  topo_run n1a iperf3 -c 10.0.2.2 -p 5201 -t 30 -J >"$TOPO_ROOT/iperf.json" 2>&1 &
+  local iperf=$! i ok=0 total=0
+  for i in $(seq 28); do
+    sleep 1
+    total=$((total + 1))
+    [[ $(send n1a 10.0.2.2 5201 probe 2>/dev/null) != reset ]] && ok=$((ok + 1))
+  done
+  wait "$iperf"; local rc=$?
+  expect_eq "iperf3 ran 30 s through rotations without a failure" 0 "$rc"
+  local serials
+  serials=$(grep -o '"peer_serial":"[0-9a-f]*"' "$TOPO_ROOT/access-1.log" | sort -u | wc -l)
+  [[ $serials -ge 3 ]] && pass "new handshakes saw $serials different server serials" \
+    || fail "only $serials server serial(s) seen: certificates did not rotate"
+  local failed
+  failed=$(grep -c '"result":"error"' "$TOPO_ROOT/access-1.log" || true)
+  expect_eq "no failed connections" 0 "$failed"
+  local rotations
+  rotations=$(grep -c "svid issued for spiffe://cluster.local/ns/default/sa/httpbin" "$TOPO_ROOT/agent2.log" || true)
+  [[ $rotations -ge 4 ]] && pass "node 2 issued $rotations httpbin SVIDs" || fail "node 2 issued only $rotations httpbin SVIDs"
+}
+
+test_restart() {
+  setup; mesh_mode STRICT
+  TOPO_LEAVE_ATTACHED=true
+  agents || return
+  serve n2a 8080
+  expect_eq "traffic before the crash" "n2a:before" "$(send n1a 10.0.2.2 8080 before)"
+  capture_start
+  topo_stop_agent 1 KILL
+  local marker=MESHTLS-CRASH-MARKER-$RANDOM
+  local answer; answer=$(send n1a 10.0.2.2 8080 "$marker")
+  [[ $answer == refused || $answer == reset ]] && pass "with the agent killed, a STRICT pod's connect fails closed ($answer)" \
+    || fail "with the agent killed the connection was not refused: $answer"
+  capture_stop
+  read -r packets records hits <<<"$(wire_summary "$marker")"
+  expect_eq "no plaintext left the node while the agent was down" 0 "$hits"
+  local start=$SECONDS
+  topo_start_agent 1 --datapath "$DATAPATH" || return
+  local i got=""
+  for i in $(seq 20); do
+    got=$(send n1a 10.0.2.2 8080 after)
+    [[ $got == "n2a:after" ]] && break
+    sleep 0.1
+  done
+  expect_eq "after the restart new connections work" "n2a:after" "$got"
+  [[ $((SECONDS - start)) -le 3 ]] && pass "recovered within 2 s of the restart" || fail "recovery took $((SECONDS - start)) s"
+  local attached
+  attached=$(bpftool cgroup show "$TOPO_CGROUP/node1" 2>/dev/null | grep -c 'connect4' || true)
+  expect_eq "exactly one connect4 program on the node's cgroup (adopted, not stacked)" 1 "$attached"
+  expect_contains "the restarted agent adopted its pinned links" "$TOPO_ROOT/agent1.log" "adopted pinned BPF link"
+}
+
+test_bad_input() {
+  setup; mesh_mode STRICT
+  # A short handshake deadline and a small pending-handshake limit, to see both act.
+  printf 'handshakeTimeout: 2s\nmaxPendingHandshakes: 800\n' >"$TOPO_ROOT/limits.yaml"
+  TOPO_EXTRA_CONFIG=$TOPO_ROOT/limits.yaml
+  agents || return
+  serve n2a 8080
+  /usr/bin/python3 "$here/bad_input.py" 10.0.2.2 15008 --netns "$(topo_ns out)" >"$TOPO_ROOT/bad.log" 2>&1 &
+  local bad=$! i
+  for i in $(seq 300); do grep -q "flood open" "$TOPO_ROOT/bad.log" && break; sleep 0.1; done
+  expect_eq "real traffic continues during the flood" "n2a:during" "$(send n1a 10.0.2.2 8080 during)"
+  wait "$bad"; local rc=$?
+  cat "$TOPO_ROOT/bad.log"
+  expect_eq "every bad connection was closed by the agent" 0 "$rc"
+  expect_contains "garbage is closed with a reason" "$TOPO_ROOT/access-2.log" '"reason":"not_tls"'
+  expect_contains "a TLS 1.2 hello is refused" "$TOPO_ROOT/access-2.log" '"reason":"protocol_version"'
+  expect_contains "a stalled handshake times out" "$TOPO_ROOT/access-2.log" '"reason":"handshake_timeout"'
+  expect_contains "the pending-handshake limit is logged" "$TOPO_ROOT/agent2.log" 'limit maxPendingHandshakes'
+  local rss; rss=$(awk '/VmRSS/ {print $2}' "/proc/${TOPO_AGENT_PIDS[2]}/status")
+  [[ $rss -lt 200000 ]] && pass "agent memory stayed bounded (${rss} KiB RSS)" || fail "agent RSS ${rss} KiB"
+  expect_eq "real traffic after the flood" "n2a:after" "$(send n1a 10.0.2.2 8080 after)"
+}
+
+if [[ $test_name == all ]]; then
+  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input; do
+    "$0" "$build" "$t" --datapath "$DATAPATH" || failures=$((failures + 1))
+  done
+  trap - EXIT
+  exit $((failures > 0))
+fi
+declare -F "test_$test_name" >/dev/null || { echo "unknown test $test_name" >&2; trap - EXIT; exit 2; }
+echo "== e2e $test_name (datapath $DATAPATH, kernel $(uname -r))"
+"test_$test_name"
+if [[ $failures -gt 0 ]]; then
+  echo "== FAILED: $test_name ($failures check(s))"
+  exit 1
+fi
+echo "== PASSED: $test_name"
