@@ -65,9 +65,10 @@ TEST_F(SvidStoreTest, IssuesOnFirstUseAndReusesUntilRotation) {
   EXPECT_EQ((*store.Current(web))->serial_hex, (*first)->serial_hex);
   ASSERT_EQ(store.States().size(), 1u);
   const SvidState state = store.States()[0];
-  // Renewal between 40 % and 50 % of the lifetime (half-life minus up to 10 % jitter).
-  const double lifetime = std::chrono::duration<double>(state.not_after - state.not_before).count();
-  const double at = std::chrono::duration<double>(state.rotate_at - state.not_before).count();
+  // Renewal between 40 % and 50 % of the lifetime from issuance (half-life minus up to 10 %
+  // jitter); notBefore is backdated for clock skew and does not count.
+  const double lifetime = std::chrono::duration<double>(state.not_after - now_).count();
+  const double at = std::chrono::duration<double>(state.rotate_at - now_).count();
   EXPECT_GE(at, 0.4 * lifetime - 1);
   EXPECT_LE(at, 0.5 * lifetime + 1);
 
@@ -82,6 +83,16 @@ TEST_F(SvidStoreTest, IssuesOnFirstUseAndReusesUntilRotation) {
   EXPECT_GT(next, now_);
   // Whoever still holds the old SVID (an open connection) holds it intact.
   EXPECT_FALSE((*first)->chain_pem.empty());
+}
+
+TEST_F(SvidStoreTest, ShortLivedSvidsRenewAtHalfLifeDespiteTheBackdatedNotBefore) {
+  options_.issue.ttl = 10s;  // notBefore is still 5 minutes in the past
+  SvidStore store(*ca_, options_);
+  ASSERT_TRUE(store.Current(Id("spiffe://cluster.local/ns/default/sa/web")).ok());
+  const SvidState state = store.States()[0];
+  EXPECT_LT(state.not_before, now_ - 1min);
+  EXPECT_GE(state.rotate_at, now_ + 3s);
+  EXPECT_LE(state.rotate_at, now_ + 6s);
 }
 
 TEST_F(SvidStoreTest, JitterSpreadsRenewals) {

@@ -10,11 +10,13 @@ namespace meshtls::identity {
 SvidStore::SvidStore(CertificateProvider& provider, SvidStoreOptions options)
     : provider_(provider), options_(std::move(options)), random_(options_.seed) {}
 
-SvidStore::Clock::time_point SvidStore::RotationTime(const Svid& svid) {
-  const auto lifetime = svid.not_after - svid.not_before;
+SvidStore::Clock::time_point SvidStore::RotationTime(const Svid& svid, Clock::time_point issued) {
+  // Measured from issuance, not from notBefore: notBefore is backdated for clock skew, which
+  // would otherwise pull the renewal of a short-lived SVID to the moment it was issued.
+  const auto lifetime = svid.not_after - std::max(issued, svid.not_before);
   std::uniform_real_distribution<double> jitter(0.0, options_.jitter);
   const double fraction = std::max(0.0, options_.rotate_at - jitter(random_));
-  return svid.not_before + std::chrono::duration_cast<Clock::duration>(lifetime * fraction);
+  return std::max(issued, svid.not_before) + std::chrono::duration_cast<Clock::duration>(lifetime * fraction);
 }
 
 absl::Status SvidStore::Renew(Entry& entry) {
@@ -41,7 +43,7 @@ absl::Status SvidStore::Renew(Entry& entry) {
   entry.state.serial_hex = fresh->serial_hex;
   entry.state.not_before = fresh->not_before;
   entry.state.not_after = fresh->not_after;
-  entry.state.rotate_at = RotationTime(*fresh);
+  entry.state.rotate_at = RotationTime(*fresh, now);
   if (options_.metrics) {
     options_.metrics->SvidRenewal(true);
     options_.metrics->SvidExpiry(fresh->id.ToString(), fresh->not_after);

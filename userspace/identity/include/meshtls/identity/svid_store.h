@@ -69,7 +69,7 @@ class SvidStore {
     std::chrono::seconds backoff{0};
   };
   absl::Status Renew(Entry& entry);  // mutex_ held
-  Clock::time_point RotationTime(const Svid& svid);
+  Clock::time_point RotationTime(const Svid& svid, Clock::time_point issued);
 
   CertificateProvider& provider_;
   SvidStoreOptions options_;
