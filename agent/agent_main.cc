@@ -35,6 +35,16 @@
 namespace meshtls::agent {
 namespace {
 
+// SIGTERM, SIGINT and SIGHUP arrive through a signalfd on the control loop. They are blocked in
+// main() before any thread exists, so that every thread inherits the mask and none of them
+// takes the default action (which would kill the agent on a SIGHUP).
+sigset_t HandledSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&set, sig);
+  return set;
+}
+
 class Agent {
  public:
   explicit Agent(AgentConfig config) : config_(std::move(config)) {}
@@ -168,10 +178,7 @@ class Agent {
   }
 
   absl::Status WatchSignals() {
-    sigset_t set;
-    sigemptyset(&set);
-    for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&set, sig);
-    if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) return absl::InternalError("pthread_sigmask");
+    const sigset_t set = HandledSignals();
     signal_fd_.reset(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
     if (!signal_fd_) return ErrnoStatus(errno, "signalfd");
     return control_->Add(signal_fd_.get(), EPOLLIN, [this](uint32_t) {
@@ -290,6 +297,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   ::signal(SIGPIPE, SIG_IGN);
+  const sigset_t handled = meshtls::agent::HandledSignals();
+  pthread_sigmask(SIG_BLOCK, &handled, nullptr);
   meshtls::agent::Agent agent(*std::move(config));
   if (absl::Status st = agent.Start(); !st.ok()) {
     spdlog::critical("cannot start: {}", st.message());

@@ -287,8 +287,48 @@ test_bad_input() {
   expect_eq "real traffic after the flood" "n2a:after" "$(send n1a 10.0.2.2 8080 after)"
 }
 
+test_lifecycle() {
+  setup; mesh_mode STRICT
+  agents || return  # drainTimeout: 2s (topology.sh)
+  serve n2a 8080
+  topo_run n2a iperf3 -s -p 5201 >/dev/null 2>&1 &
+  sleep 0.5
+  kill -HUP "${TOPO_AGENT_PIDS[1]}"
+  sleep 0.3
+  expect_contains "SIGHUP reloads policies and workloads" "$TOPO_ROOT/agent1.log" "SIGHUP: reloading policies and workloads"
+  expect_eq "traffic flows after the reload" "n2a:hup" "$(send n1a 10.0.2.2 8080 hup)"
+  # A transfer that ends within the drain window finishes untouched.
+  topo_run n1a iperf3 -c 10.0.2.2 -p 5201 -t 1 >/dev/null 2>&1 &
+  local short=$!
+  sleep 0.3
+  local start=$SECONDS
+  kill -TERM "${TOPO_AGENT_PIDS[2]}"
+  wait "$short"; local rc=$?
+  expect_eq "a connection that ends within drainTimeout finishes after SIGTERM" 0 "$rc"
+  wait "${TOPO_AGENT_PIDS[2]}" 2>/dev/null
+  TOPO_AGENT_PIDS[2]=""
+  expect_contains "the agent drained and stopped" "$TOPO_ROOT/agent2.log" "drained"
+  [[ $((SECONDS - start)) -le 3 ]] && pass "the agent exited within the drain window" || fail "exit took $((SECONDS - start)) s"
+  local late; late=$(send n1a 10.0.2.2 8080 late)
+  [[ $late == refused || $late == reset ]] && pass "once stopped, node 2 accepts no new tunnel ($late)" \
+    || fail "a connection went through a stopped agent: $late"
+  # A transfer longer than the window is cut at the deadline.
+  topo_start_agent 2 --datapath "$DATAPATH" || return
+  topo_run n1a iperf3 -c 10.0.2.2 -p 5201 -t 10 >/dev/null 2>&1 &
+  local long=$!
+  sleep 1
+  start=$SECONDS
+  kill -TERM "${TOPO_AGENT_PIDS[2]}"
+  wait "${TOPO_AGENT_PIDS[2]}" 2>/dev/null
+  TOPO_AGENT_PIDS[2]=""
+  [[ $((SECONDS - start)) -le 4 ]] && pass "a long transfer does not hold the agent past drainTimeout" \
+    || fail "exit took $((SECONDS - start)) s"
+  expect_contains "the deadline closes what is left" "$TOPO_ROOT/agent2.log" "drain deadline passed: closing"
+  wait "$long" 2>/dev/null
+}
+
 if [[ $test_name == all ]]; then
-  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input; do
+  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input lifecycle; do
     "$0" "$build" "$t" --datapath "$DATAPATH" || failures=$((failures + 1))
   done
   trap - EXIT
