@@ -48,6 +48,8 @@ def send(args):
             out += chunk
     except (ConnectionResetError, BrokenPipeError):
         print("reset"); return 4
+    except OSError as e:  # e.g. ENOTCONN from shutdown() after the peer's RST already arrived
+        print("reset" if e.errno in (104, 107, 32) else f"error {e}"); return 4
     except (socket.timeout, TimeoutError):
         print("timeout"); return 5
     if not out:

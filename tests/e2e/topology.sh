@@ -121,11 +121,14 @@ EOF
   # Both nodes share one CA (made once with `meshtlsctl ca init`), as one cluster would.
   mkdir -p "$TOPO_ROOT/state$n"
   [[ -e $TOPO_ROOT/state$n/ca ]] || ln -s "$TOPO_ROOT/ca" "$TOPO_ROOT/state$n/ca"
+  # The log is appended across restarts: wait for one more "ready" than there was.
+  local before
+  before=$(grep -c "meshtls-agent ready" "$TOPO_ROOT/agent$n.log" 2>/dev/null || true)
   "$TOPO_AGENT" --config "$config" "$@" >>"$TOPO_ROOT/agent$n.log" 2>&1 &
   TOPO_AGENT_PIDS[$n]=$!
   local i
   for i in $(seq 100); do
-    grep -q "meshtls-agent ready" "$TOPO_ROOT/agent$n.log" && return 0
+    [[ $(grep -c "meshtls-agent ready" "$TOPO_ROOT/agent$n.log") -gt ${before:-0} ]] && return 0
     kill -0 "${TOPO_AGENT_PIDS[$n]}" 2>/dev/null || break
     sleep 0.1
   done
