@@ -209,7 +209,7 @@ test_rotation_under_load() {
   serve n2a 8080
   sleep 0.5
   topo_run n1a iperf3 -c 10.0.2.2 -p 5201 -t 30 -J >"$TOPO_ROOT/iperf.json" 2>&1 &
-  local iperf=$! i ok=0 total=0
+  local iperf=$! i ok=0 total=0 started=$SECONDS
   for i in $(seq 28); do
     sleep 1
     total=$((total + 1))
@@ -226,11 +226,13 @@ test_rotation_under_load() {
   # iperf3 itself ends its streams with a reset, so only the probes' connections are judged.
   failed=$(grep '"dst_addr":"10.0.2.2:8080"' "$TOPO_ROOT/access-1.log" | grep -c '"result":"error"' || true)
   expect_eq "no failed connections" 0 "$failed"
-  local rotations
+  local rotations elapsed=$((SECONDS - started + 2))
   rotations=$(grep -c "svid issued for spiffe://cluster.local/ns/default/sa/httpbin" "$TOPO_ROOT/agent2.log" || true)
-  # About one renewal per half-life (5 s) over ~32 s: several, but not one per second.
-  [[ $rotations -ge 4 && $rotations -le 12 ]] && pass "node 2 issued $rotations httpbin SVIDs (about one per half-life)" \
-    || fail "node 2 issued $rotations httpbin SVIDs in ~32 s with a 10 s TTL (want 4-12)"
+  # About one renewal per half-life (4-5 s with jitter): several, but not one per second. The
+  # window is measured, since the VM (TCG) stretches the 28 probes well past 30 s.
+  local most=$((elapsed / 3 + 2))
+  [[ $rotations -ge 4 && $rotations -le $most ]] && pass "node 2 issued $rotations httpbin SVIDs in ${elapsed} s (about one per half-life)" \
+    || fail "node 2 issued $rotations httpbin SVIDs in ${elapsed} s with a 10 s TTL (want 4-$most)"
 }
 
 test_restart() {
