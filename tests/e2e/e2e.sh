@@ -289,6 +289,57 @@ test_bad_input() {
   expect_eq "real traffic after the flood" "n2a:after" "$(send n1a 10.0.2.2 8080 after)"
 }
 
+test_policy_change_closes_denied_connections() {
+  setup; mesh_mode STRICT
+  agents || return
+  topo_run n2a iperf3 -s -p 5201 >/dev/null 2>&1 &
+  sleep 0.5
+  topo_run n1a iperf3 -c 10.0.2.2 -p 5201 -t 20 >"$TOPO_ROOT/iperf.log" 2>&1 &
+  local iperf=$!
+  sleep 2
+  local start=$SECONDS
+  policy deny-sleep 'apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-sleep, namespace: default}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]'
+  wait "$iperf"; local rc=$?
+  [[ $rc != 0 && $((SECONDS - start)) -le 5 ]] && pass "a DENY that now matches ends the running transfer ($((SECONDS - start)) s)" \
+    || fail "the transfer was not ended by the new DENY (rc $rc after $((SECONDS - start)) s)"
+  expect_contains "the close is logged as policy_denied" "$TOPO_ROOT/access-2.log" '"direction":"inbound".*"reason":"policy_denied"'
+  expect_contains "the agent says why" "$TOPO_ROOT/agent2.log" "policy change closed [0-9]* connection"
+}
+
+test_workload_reload() {
+  setup; mesh_mode STRICT
+  # Start without n2b, then add it to the file while the agents run.
+  cp "$TOPO_ROOT/workloads.yaml" "$TOPO_ROOT/workloads-full.yaml"
+  /usr/bin/python3 - "$TOPO_ROOT/workloads-full.yaml" "$TOPO_ROOT/workloads.yaml" <<'PY'
+import sys
+lines = open(sys.argv[1]).read().split("\n  - name: ")
+kept = [lines[0]] + [l for l in lines[1:] if not l.startswith("n2b")]
+open(sys.argv[2], "w").write("\n  - name: ".join(kept))
+PY
+  agents || return
+  serve n2b 8080
+  expect_eq "a pod not in the registry is not meshed" "n2b:before" "$(send out 10.0.2.3 8080 before)"
+  cp "$TOPO_ROOT/workloads-full.yaml" "$TOPO_ROOT/workloads.tmp" && mv "$TOPO_ROOT/workloads.tmp" "$TOPO_ROOT/workloads.yaml"
+  local i
+  for i in $(seq 50); do grep -q "serving other/n2b" "$TOPO_ROOT/agent2.log" && break; sleep 0.1; done
+  expect_contains "the new pod is served after a hot reload" "$TOPO_ROOT/agent2.log" "serving other/n2b"
+  sleep 0.3
+  local answer; answer=$(send out 10.0.2.3 8080 after)
+  [[ $answer == reset || $answer == refused ]] && pass "the new pod is STRICT now: plaintext refused" || fail "plaintext reached the new pod: $answer"
+  expect_eq "and mesh traffic reaches it" "n2b:meshed" "$(send n1a 10.0.2.3 8080 meshed)"
+  printf 'workloads:\n  - name: broken\n' >"$TOPO_ROOT/workloads.tmp" && mv "$TOPO_ROOT/workloads.tmp" "$TOPO_ROOT/workloads.yaml"
+  sleep 0.5
+  expect_contains "a bad workloads file is rejected with its line" "$TOPO_ROOT/agent2.log" "workloads reload rejected"
+  expect_eq "and the last good registry stays" "n2b:still" "$(send n1a 10.0.2.3 8080 still)"
+}
+
 test_lifecycle() {
   setup; mesh_mode STRICT
   agents || return  # drainTimeout: 2s (topology.sh)
@@ -330,7 +381,7 @@ test_lifecycle() {
 }
 
 if [[ $test_name == all ]]; then
-  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input lifecycle; do
+  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input lifecycle policy_change_closes_denied_connections workload_reload; do
     "$0" "$build" "$t" --datapath "$DATAPATH" || failures=$((failures + 1))
   done
   trap - EXIT
