@@ -21,7 +21,7 @@
 #include "meshtls/tls/plain_relay.h"
 #include "meshtls/tunnel/preamble.h"
 #include "spdlog/spdlog.h"
-#include "tunnel_exchange.h"
+#include "meshtls/proxy/tunnel_exchange.h"
 
 namespace meshtls::proxy {
 namespace {

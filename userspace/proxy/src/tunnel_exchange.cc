@@ -1,4 +1,4 @@
-#include "tunnel_exchange.h"
+#include "meshtls/proxy/tunnel_exchange.h"
 
 #include <openssl/ssl.h>
 #include <sys/socket.h>
