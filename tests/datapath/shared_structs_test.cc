@@ -24,6 +24,8 @@ static_assert(sizeof(meshtls_endpoint6) == 16);
 static_assert(sizeof(meshtls_connection_key) == 32);
 static_assert(sizeof(meshtls_original_destination) == 24);
 static_assert(offsetof(meshtls_original_destination, port) == 20);
+static_assert(sizeof(meshtls_leg_key) == 48);
+static_assert(offsetof(meshtls_leg_key, local_port) == 40);
 
 struct Member {
   std::string name;
@@ -63,6 +65,20 @@ TEST(SharedStructsTest, CppAndBpfLayoutsAgree) {
                 {"addr6", offsetof(meshtls_original_destination, addr6)},
                 {"port", offsetof(meshtls_original_destination, port)},
                 {"family", offsetof(meshtls_original_destination, family)}});
+  btf__free(types);
+}
+
+TEST(SharedStructsTest, TheLocalLegKeyAgreesWithTheShortcutProgram) {
+  btf* types = btf__parse(MESHTLS_BPF_OBJECT_DIR "/local_leg.bpf.o", nullptr);
+  ASSERT_NE(types, nullptr);
+  ExpectLayout(types, "meshtls_leg_key", sizeof(meshtls_leg_key),
+               {{"netns_cookie", offsetof(meshtls_leg_key, netns_cookie)},
+                {"local_addr", offsetof(meshtls_leg_key, local_addr)},
+                {"remote_addr", offsetof(meshtls_leg_key, remote_addr)},
+                {"local_port", offsetof(meshtls_leg_key, local_port)},
+                {"remote_port", offsetof(meshtls_leg_key, remote_port)},
+                {"family", offsetof(meshtls_leg_key, family)},
+                {"reserved", offsetof(meshtls_leg_key, reserved)}});
   btf__free(types);
 }
 
