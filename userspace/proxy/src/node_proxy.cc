@@ -200,8 +200,34 @@ struct NodeProxy::Impl {
     return true;
   }
 
-  void Log(const ConnectionRecord& record) {
+  // The end of every connection, whatever happened to it.
+  void Log(const ConnectionRecord& record, bool was_opened = false) {
     if (deps.access_log != nullptr) deps.access_log->Write(record);
+    if (deps.observer != nullptr) deps.observer->OnFinished(record, was_opened);
+  }
+
+  void Handshaked(const ConnectionRecord& record, const tls::TlsSession& session) {
+    if (deps.observer != nullptr) deps.observer->OnHandshake(record, session.handshake_done(), session.handshake_duration());
+  }
+
+  // Live connections, one table per worker loop, each touched only on its own loop thread.
+  struct Live {
+    ConnectionRecord record;
+    Clock::time_point started;
+    bool ktls = false;
+    std::weak_ptr<tls::Relay> relay;
+    std::weak_ptr<tls::PlainRelay> plain;
+  };
+  std::map<const EventLoop*, std::map<uint64_t, Live>> live;  // keys fixed at Create()
+  std::atomic<uint64_t> next_connection_id{1};
+
+  uint64_t Opened(EventLoop& loop, const ConnectionRecord& record, Live entry) {
+    const uint64_t id = next_connection_id++;
+    entry.record = record;
+    entry.started = Clock::now();
+    live.at(&loop).emplace(id, std::move(entry));
+    if (deps.observer != nullptr) deps.observer->OnOpened(record);
+    return id;
   }
 
   void WatchListeners(const std::shared_ptr<Pod>& pod) {
@@ -312,10 +338,12 @@ struct NodeProxy::Impl {
         record.result = "error";
         record.reason = std::string(tls::FailureReasonName(s->failure_reason()));
         record.detail = s->failure_detail();
+        Handshaked(record, *s);
         Reset(*plain);
         Log(record);
         return;
       }
+      Handshaked(record, *s);
       counters->handshakes_ok++;
       record.tls_version = std::string(s->protocol_version());
       record.cipher = std::string(s->cipher_name());
@@ -373,17 +401,19 @@ struct NodeProxy::Impl {
     relay_options.plaintext_read_with_recv = options.local_leg_shortcut && record.direction == "outbound";
     const bool outbound = record.direction == "outbound";
     counters->active_connections++;
+    auto id = std::make_shared<uint64_t>(0);
     auto relay = tls::Relay::Start(
         loop, std::move(plain), std::move(session), options.datapath, relay_options,
-        [this, record, outbound](const tls::RelayResult& result) mutable {
+        [this, &loop, record, outbound, id](const tls::RelayResult& result) mutable {
           counters->active_connections--;
+          live.at(&loop).erase(*id);
           record.bytes_sent = outbound ? result.stats.bytes_to_tunnel : result.stats.bytes_from_tunnel;
           record.bytes_received = outbound ? result.stats.bytes_from_tunnel : result.stats.bytes_to_tunnel;
           record.duration = result.duration;
           record.result = result.reason == tls::FailureReason::kNone ? "ok" : "error";
           record.reason = std::string(tls::FailureReasonName(result.reason));
           record.detail = result.detail;
-          Log(record);
+          Log(record, true);
         });
     if (!relay.ok()) {
       counters->active_connections--;
@@ -392,6 +422,12 @@ struct NodeProxy::Impl {
       record.detail = std::string(relay.status().message());
       Log(record);
       return;
+    }
+    if (!(*relay)->closed()) {
+      Live entry;
+      entry.ktls = options.datapath == tls::Datapath::kKtlsSplice;
+      entry.relay = *relay;
+      *id = Opened(loop, record, std::move(entry));
     }
     if (inbound_pod) {
       std::lock_guard<std::mutex> lock(mutex);
@@ -450,11 +486,13 @@ struct NodeProxy::Impl {
         record.result = "error";
         record.reason = std::string(tls::FailureReasonName(s->failure_reason()));
         record.detail = s->failure_detail();
+        Handshaked(record, *s);
         Log(record);
         return;
       }
       counters->handshakes_ok++;
       record.source_identity = s->peer_id() ? s->peer_id()->ToString() : "";
+      Handshaked(record, *s);
       record.peer_serial = s->peer_serial();
       record.tls_version = std::string(s->protocol_version());
       record.cipher = std::string(s->cipher_name());
@@ -635,20 +673,28 @@ struct NodeProxy::Impl {
     }
     counters->passthrough++;
     counters->active_connections++;
+    auto id = std::make_shared<uint64_t>(0);
     auto relay = tls::PlainRelay::Start(loop, std::move(accepted), std::move(*app), {},
-                                        [this, record](const tls::PlainRelayResult& result) mutable {
+                                        [this, &loop, record, id](const tls::PlainRelayResult& result) mutable {
                                           counters->active_connections--;
+                                          live.at(&loop).erase(*id);
                                           record.bytes_sent = result.bytes_a_to_b;
                                           record.bytes_received = result.bytes_b_to_a;
                                           record.duration = result.duration;
                                           record.result = result.reason == tls::FailureReason::kNone ? "ok" : "error";
                                           record.reason = std::string(tls::FailureReasonName(result.reason));
                                           record.detail = result.detail;
-                                          Log(record);
+                                          Log(record, true);
                                         });
     if (!relay.ok()) {
       counters->active_connections--;
       spdlog::warn("passthrough relay: {}", relay.status().message());
+      return;
+    }
+    if (!(*relay)->closed()) {
+      Live entry;
+      entry.plain = *relay;
+      *id = Opened(loop, record, std::move(entry));
     }
   }
 
@@ -718,6 +764,7 @@ absl::StatusOr<std::unique_ptr<NodeProxy>> NodeProxy::Create(ProxyOptions option
   proxy->impl_->options = std::move(options);
   proxy->impl_->deps = std::move(deps);
   proxy->impl_->counters = &proxy->counters_;
+  for (EventLoop* loop : proxy->impl_->deps.workers) proxy->impl_->live[loop];
   return proxy;
 }
 
@@ -817,6 +864,39 @@ void NodeProxy::AbortAll() {
   if (impl_->deps.registry == nullptr) return;
   impl_->deps.registry->CloseMatching([](const tls::TlsSession&) { return true; }, tls::FailureReason::kShutdown,
                                       "the agent is shutting down");
+}
+
+std::vector<LiveConnection> NodeProxy::Connections(const std::string& workload) const {
+  std::mutex mutex;
+  std::vector<LiveConnection> out;
+  impl_->OnEveryLoop([&](EventLoop& loop) {
+    const auto now = Clock::now();
+    std::vector<LiveConnection> mine;
+    for (const auto& [id, entry] : impl_->live.at(&loop)) {
+      if (!workload.empty() && entry.record.source_workload != workload &&
+          entry.record.destination_workload != workload) {
+        continue;
+      }
+      LiveConnection c;
+      c.id = id;
+      c.record = entry.record;
+      c.age = now - entry.started;
+      c.ktls = entry.ktls;
+      const bool outbound = entry.record.direction == "outbound";
+      if (auto relay = entry.relay.lock()) {
+        c.record.bytes_sent = outbound ? relay->stats().bytes_to_tunnel : relay->stats().bytes_from_tunnel;
+        c.record.bytes_received = outbound ? relay->stats().bytes_from_tunnel : relay->stats().bytes_to_tunnel;
+      } else if (auto plain = entry.plain.lock()) {
+        c.record.bytes_sent = plain->bytes_a_to_b();
+        c.record.bytes_received = plain->bytes_b_to_a();
+      }
+      mine.push_back(std::move(c));
+    }
+    std::lock_guard<std::mutex> lock(mutex);
+    for (auto& c : mine) out.push_back(std::move(c));
+  });
+  std::sort(out.begin(), out.end(), [](const LiveConnection& a, const LiveConnection& b) { return a.id < b.id; });
+  return out;
 }
 
 std::vector<std::string> NodeProxy::ServedWorkloads() const {

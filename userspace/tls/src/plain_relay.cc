@@ -165,6 +165,9 @@ bool PlainRelay::PumpDirection(Direction& d, bool& progress) {
 
 void PlainRelay::Abort(FailureReason reason, std::string detail) { Finish(reason, std::move(detail)); }
 
+uint64_t PlainRelay::bytes_a_to_b() const { return a_to_b_->bytes; }
+uint64_t PlainRelay::bytes_b_to_a() const { return b_to_a_->bytes; }
+
 void PlainRelay::Finish(FailureReason reason, std::string detail) {
   if (closed_) return;
   closed_ = true;

@@ -42,6 +42,27 @@ struct ProxyOptions {
   uint32_t max_connections = 65536;
 };
 
+// Told about every connection's life, for metrics and the event stream. Called on worker loop
+// threads; implementations must be thread-safe and quick.
+class ConnectionObserver {
+ public:
+  virtual ~ConnectionObserver() = default;
+  // A TLS handshake finished (ok or not); `record` has the identities known so far.
+  virtual void OnHandshake(const ConnectionRecord& record, bool ok, std::chrono::microseconds duration) = 0;
+  // Bytes may flow now (relay started).
+  virtual void OnOpened(const ConnectionRecord& record) = 0;
+  // The connection is over: refused, denied, failed, or closed after relaying (with its bytes).
+  virtual void OnFinished(const ConnectionRecord& record, bool was_opened) = 0;
+};
+
+// A live connection, as the status API lists it.
+struct LiveConnection {
+  uint64_t id = 0;
+  ConnectionRecord record;  // bytes_sent/bytes_received are the counts so far
+  std::chrono::steady_clock::duration age{};
+  bool ktls = false;
+};
+
 // What the proxy uses but does not own. Everything must outlive the proxy.
 struct ProxyDependencies {
   std::vector<EventLoop*> workers;  // one per core; every pod listener is watched by all of them
@@ -51,6 +72,7 @@ struct ProxyDependencies {
   datapath::InboundCapture* capture = nullptr;   // null: no inbound capture
   AccessLog* access_log = nullptr;
   tls::ConnectionRegistry* registry = nullptr;
+  ConnectionObserver* observer = nullptr;  // may be null
 };
 
 struct ProxyCounters {
@@ -84,6 +106,9 @@ class NodeProxy {
   void AbortAll();
 
   const ProxyCounters& counters() const { return counters_; }
+  // A snapshot of the live connections (asks every worker loop; call from another thread).
+  // `workload`: "namespace/name" to keep only connections from or to it; empty: all.
+  std::vector<LiveConnection> Connections(const std::string& workload) const;
   std::vector<std::string> ServedWorkloads() const;
   struct Impl;
 

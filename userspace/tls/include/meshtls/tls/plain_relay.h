@@ -43,6 +43,9 @@ class PlainRelay : public std::enable_shared_from_this<PlainRelay> {
 
   void Abort(FailureReason reason, std::string detail);
   bool closed() const { return closed_; }
+  // Bytes moved so far (read on the relay's loop thread).
+  uint64_t bytes_a_to_b() const;
+  uint64_t bytes_b_to_a() const;
 
   struct Direction;  // one way's state (plain_relay.cc)
 
