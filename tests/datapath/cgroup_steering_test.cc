@@ -88,6 +88,17 @@ TEST_F(CgroupSteeringTest, MeshedConnectIsRedirectedAndTheAppSeesTheOriginalPeer
   EXPECT_EQ(rc, 0) << "failed step " << rc;
 }
 
+TEST_F(CgroupSteeringTest, AttachedLinksAreDescribedWithKernelIds) {
+  const std::vector<AttachedLink> links = steering_->Links();
+  ASSERT_EQ(links.size(), 5u);  // connect4/6, getpeername4/6, sockops
+  for (const AttachedLink& link : links) {
+    EXPECT_GT(link.program_id, 0u);
+    EXPECT_GT(link.link_id, 0u);
+    EXPECT_EQ(link.attach_point, base_);
+    EXPECT_EQ(link.program_name.rfind("meshtls_", 0), 0u) << link.program_name;
+  }
+}
+
 TEST_F(CgroupSteeringTest, NonMeshedCgroupIsUntouched) {
   const int rc = RunInCgroupAndNetns(base_ + "/plain", [&] {
     int listener = ListenOn(15001);

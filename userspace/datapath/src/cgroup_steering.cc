@@ -131,6 +131,8 @@ absl::Status CgroupSteering::AttachTo(const std::string& cgroup_path) {
   return absl::OkStatus();
 }
 
+std::vector<AttachedLink> CgroupSteering::Links() const { return impl_->links->Describe(); }
+
 int CgroupSteering::PruneStaleLinks() {
   std::vector<std::string> names;
   for (bpf_program* program : Programs(impl_->skeleton.get())) names.push_back(bpf_program__name(program));

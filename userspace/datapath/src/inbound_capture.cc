@@ -82,6 +82,8 @@ absl::Status InboundCapture::AttachToNetns(const std::string& netns_path) {
                                     netns_path);
 }
 
+std::vector<AttachedLink> InboundCapture::Links() const { return impl_->links.Describe(); }
+
 int InboundCapture::PruneStaleLinks() {
   return impl_->links.PruneUnclaimed({bpf_program__name(impl_->skeleton->progs.meshtls_inbound)});
 }

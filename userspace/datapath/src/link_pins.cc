@@ -1,5 +1,6 @@
 #include "link_pins.h"
 
+#include <bpf/bpf.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -20,10 +21,10 @@ absl::Status MakeDirs(const std::string& path) {
 }
 
 LinkPins::~LinkPins() {
-  for (auto& [link, pin] : links_) {
+  for (Entry& entry : links_) {
     // An unpinned link detaches when its last fd closes; a pinned one stays attached.
-    if (!leave_attached_ && !pin.empty()) bpf_link__unpin(link);
-    bpf_link__destroy(link);
+    if (!leave_attached_ && !entry.pin.empty()) bpf_link__unpin(entry.link);
+    bpf_link__destroy(entry.link);
   }
 }
 
@@ -36,7 +37,7 @@ absl::Status LinkPins::AttachOrAdopt(bpf_program* program, const std::string& pi
       bpf_link* link = bpf_link__open(pin.c_str());
       if (link != nullptr && bpf_link__update_program(link, program) == 0) {
         spdlog::info("adopted pinned BPF link {} ({})", pin, what);
-        links_.emplace_back(link, pin);
+        links_.push_back({link, pin, what});
         return absl::OkStatus();
       }
       const int saved_errno = errno;
@@ -51,12 +52,36 @@ absl::Status LinkPins::AttachOrAdopt(bpf_program* program, const std::string& pi
   }
   bpf_link* link = attach();
   if (link == nullptr) return ErrnoStatus(errno, StrCat("attach ", bpf_program__name(program), " to ", what));
-  links_.emplace_back(link, std::string());
+  links_.push_back({link, std::string(), what});
   if (!pin.empty()) {
     if (bpf_link__pin(link, pin.c_str()) != 0) return ErrnoStatus(errno, StrCat("pin ", pin));
-    links_.back().second = pin;
+    links_.back().pin = pin;
   }
   return absl::OkStatus();
+}
+
+std::vector<AttachedLink> LinkPins::Describe() const {
+  std::vector<AttachedLink> out;
+  for (const Entry& entry : links_) {
+    AttachedLink link;
+    link.attach_point = entry.what;
+    link.pin_path = entry.pin;
+    bpf_link_info info{};
+    uint32_t length = sizeof(info);
+    if (bpf_obj_get_info_by_fd(bpf_link__fd(entry.link), &info, &length) == 0) {
+      link.link_id = info.id;
+      link.program_id = info.prog_id;
+    }
+    bpf_prog_info prog{};
+    uint32_t prog_length = sizeof(prog);
+    const int prog_fd = bpf_prog_get_fd_by_id(link.program_id);
+    if (prog_fd >= 0) {
+      if (bpf_obj_get_info_by_fd(prog_fd, &prog, &prog_length) == 0) link.program_name = prog.name;
+      ::close(prog_fd);
+    }
+    out.push_back(std::move(link));
+  }
+  return out;
 }
 
 int LinkPins::PruneUnclaimed(const std::vector<std::string>& program_names) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "meshtls/datapath/cgroup_steering.h"
 
 namespace meshtls::datapath {
 
@@ -32,10 +33,16 @@ class LinkPins {
   // Detaches everything this object attached, or leaves it attached and pinned.
   void set_leave_attached(bool leave) { leave_attached_ = leave; }
   size_t size() const { return links_.size(); }
+  std::vector<AttachedLink> Describe() const;
 
  private:
   std::string pin_dir_;
-  std::vector<std::pair<bpf_link*, std::string>> links_;  // link, pin path ("" if unpinned)
+  struct Entry {
+    bpf_link* link;
+    std::string pin;   // "" if unpinned
+    std::string what;  // the cgroup or netns it is attached to
+  };
+  std::vector<Entry> links_;
   std::set<std::string> claimed_;
   bool leave_attached_ = false;
 };

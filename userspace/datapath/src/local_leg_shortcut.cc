@@ -94,6 +94,8 @@ absl::Status LocalLegShortcut::AttachTo(const std::string& cgroup_path) {
                                     cgroup_path);
 }
 
+std::vector<AttachedLink> LocalLegShortcut::Links() const { return impl_->links.Describe(); }
+
 int LocalLegShortcut::PruneStaleLinks() {
   return impl_->links.PruneUnclaimed({bpf_program__name(impl_->skeleton->progs.meshtls_local_leg_sockops)});
 }

@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "meshtls_maps.h"
@@ -14,6 +15,15 @@ struct cgroup_sock_addr;
 struct bpf_link;
 
 namespace meshtls::datapath {
+
+// One attached BPF program, for the status API.
+struct AttachedLink {
+  std::string program_name;  // as the kernel knows it (16 characters at most)
+  std::string attach_point;  // cgroup or netns path
+  uint32_t program_id = 0;
+  uint32_t link_id = 0;
+  std::string pin_path;
+};
 
 struct SteeringConfig {
   uint16_t outbound_port = 15001;
@@ -38,6 +48,7 @@ class CgroupSteering {
   // After AttachTo() for every wanted cgroup: detaches links an earlier agent pinned for
   // cgroups that are no longer wanted. Returns how many were removed.
   int PruneStaleLinks();
+  std::vector<AttachedLink> Links() const;
 
   // Keep the programs attached and the maps pinned after this object is gone (an agent restart
   // or upgrade). Without it, destruction detaches everything and removes the pins.

@@ -23,6 +23,7 @@ class InboundCapture {
   absl::Status AttachToNetns(const std::string& netns_path);
   // After AttachToNetns() for every wanted netns: detaches links pinned for other namespaces.
   int PruneStaleLinks();
+  std::vector<AttachedLink> Links() const;
   // Keep the sk_lookup links and pod modes after this object is gone (an agent restart).
   void LeaveAttachedOnExit() { leave_attached_ = true; }
   absl::Status SetPod(in_addr pod_ip, const meshtls_workload& workload);

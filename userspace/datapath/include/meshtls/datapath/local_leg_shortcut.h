@@ -25,6 +25,7 @@ class LocalLegShortcut {
   // and to the agent's own cgroup (its accepted sockets inherit the listener's cgroup).
   absl::Status AttachTo(const std::string& cgroup_path);
   int PruneStaleLinks();
+  std::vector<AttachedLink> Links() const;
   void LeaveAttachedOnExit() { leave_attached_ = true; }
 
   // Whether the connected socket `fd` is one end of a shortcut leg.
