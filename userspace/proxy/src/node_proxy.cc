@@ -732,6 +732,7 @@ struct NodeProxy::Impl {
     WatchListeners(pod);
     spdlog::info("serving {} ({}) in {}: mode {}", w.uid(), pod->identity.ToString(), w.netns_path,
                  value.mode == MESHTLS_MODE_STRICT ? "STRICT" : value.mode == MESHTLS_MODE_PERMISSIVE ? "PERMISSIVE" : "DISABLE");
+    std::lock_guard<std::mutex> lock(mutex);  // ServedWorkloads() reads from other threads
     pods[w.uid()] = std::move(pod);
     return absl::OkStatus();
   }
@@ -740,7 +741,10 @@ struct NodeProxy::Impl {
     auto it = pods.find(uid);
     if (it == pods.end()) return;
     std::shared_ptr<Pod> pod = it->second;
-    pods.erase(it);
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      pods.erase(it);
+    }
     UnwatchListeners(pod);
     if (deps.capture != nullptr) {
       for (const IpAddress& ip : pod->workload.ips) {
@@ -900,6 +904,7 @@ std::vector<LiveConnection> NodeProxy::Connections(const std::string& workload) 
 }
 
 std::vector<std::string> NodeProxy::ServedWorkloads() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
   std::vector<std::string> out;
   for (const auto& [uid, pod] : impl_->pods) out.push_back(uid);
   return out;
