@@ -11,7 +11,7 @@ packages=(
   libbpf-dev bpftool libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libcli11-dev libyaml-cpp-dev nlohmann-json3-dev libcap-dev prometheus-cpp-dev
   # tests, VM harness and benchmarks
-  iproute2 iperf3 tshark tcpdump openssl qemu-system-x86 busybox-static xz-utils procps
+  iproute2 iperf3 tshark tcpdump openssl qemu-system-x86 busybox-static xz-utils procps prometheus
 )
 
 missing=()

@@ -3,6 +3,31 @@
 #include <prometheus/text_serializer.h>
 
 namespace meshtls::telemetry {
+namespace {
+
+// 0.5 ms (a resumed handshake on loopback) to 10 s (the default handshake timeout).
+const prometheus::Histogram::BucketBoundaries& HandshakeBuckets() {
+  static const prometheus::Histogram::BucketBoundaries buckets = {
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  return buckets;
+}
+
+std::string OrUnknown(const std::string& value) { return value.empty() ? "unknown" : value; }
+
+prometheus::Labels IstioLabels(const ConnectionLabels& l) {
+  // Only two reporters exist; anything else would be a caller bug that must not add series.
+  std::string reporter = l.reporter == "source" || l.reporter == "destination" ? l.reporter : "unknown";
+  return {{"reporter", std::move(reporter)},
+          {"source_workload", OrUnknown(l.source_workload)},
+          {"source_workload_namespace", OrUnknown(l.source_namespace)},
+          {"source_principal", OrUnknown(l.source_principal)},
+          {"destination_workload", OrUnknown(l.destination_workload)},
+          {"destination_workload_namespace", OrUnknown(l.destination_namespace)},
+          {"destination_principal", OrUnknown(l.destination_principal)},
+          {"connection_security_policy", l.mtls ? "mutual_tls" : "none"}};
+}
+
+}  // namespace
 
 Metrics::Metrics()
     : registry_(std::make_shared<prometheus::Registry>()),
@@ -13,10 +38,59 @@ Metrics::Metrics()
       certificate_expiration_(prometheus::BuildGauge()
                                   .Name("meshtls_certificate_expiration_timestamp_seconds")
                                   .Help("When the current SVID of each identity expires (Unix time)")
-                                  .Register(*registry_)) {
-  // Both results exist from the start, so a rate() over failures is 0 rather than absent.
+                                  .Register(*registry_)),
+      tcp_sent_bytes_(prometheus::BuildCounter()
+                          .Name("istio_tcp_sent_bytes_total")
+                          .Help("Bytes from the destination workload to the source (responses), as in Istio")
+                          .Register(*registry_)),
+      tcp_received_bytes_(prometheus::BuildCounter()
+                              .Name("istio_tcp_received_bytes_total")
+                              .Help("Bytes from the source workload to the destination (requests), as in Istio")
+                              .Register(*registry_)),
+      tcp_opened_(prometheus::BuildCounter()
+                      .Name("istio_tcp_connections_opened_total")
+                      .Help("TCP connections opened")
+                      .Register(*registry_)),
+      tcp_closed_(prometheus::BuildCounter()
+                      .Name("istio_tcp_connections_closed_total")
+                      .Help("TCP connections closed")
+                      .Register(*registry_)),
+      handshakes_(prometheus::BuildCounter()
+                      .Name("meshtls_handshakes_total")
+                      .Help("TLS handshakes, by result and failure reason")
+                      .Register(*registry_)),
+      handshake_duration_family_(prometheus::BuildHistogram()
+                                     .Name("meshtls_handshake_duration_seconds")
+                                     .Help("TLS handshake duration, successful or not")
+                                     .Register(*registry_)),
+      connections_active_(prometheus::BuildGauge()
+                              .Name("meshtls_connections_active")
+                              .Help("Relayed connections currently open, by datapath")
+                              .Register(*registry_)),
+      policy_denials_(prometheus::BuildCounter()
+                          .Name("meshtls_policy_denials_total")
+                          .Help("Connections refused by authorization policy, by reason")
+                          .Register(*registry_)),
+      ktls_unavailable_family_(prometheus::BuildGauge()
+                                   .Name("meshtls_ktls_unavailable")
+                                   .Help("1 when the agent runs without kernel TLS")
+                                   .Register(*registry_)),
+      build_info_family_(prometheus::BuildGauge()
+                             .Name("meshtls_build_info")
+                             .Help("Always 1; labels give the agent version and datapath")
+                             .Register(*registry_)),
+      events_dropped_family_(prometheus::BuildCounter()
+                                 .Name("meshtls_events_dropped_total")
+                                 .Help("Events lost because a consumer could not keep up")
+                                 .Register(*registry_)),
+      handshake_duration_(handshake_duration_family_.Add({}, HandshakeBuckets())),
+      ktls_unavailable_(ktls_unavailable_family_.Add({})),
+      events_dropped_(events_dropped_family_.Add({})) {
+  // Series that exist from the start, so that rate() and alerts see 0 rather than nothing.
   svid_rotations_.Add({{"result", "success"}});
   svid_rotations_.Add({{"result", "failure"}});
+  handshakes_.Add({{"result", "success"}, {"reason", "none"}});
+  handshake_reasons_.insert("none");
 }
 
 std::string Metrics::Serialize() const {
@@ -36,5 +110,89 @@ void Metrics::ForgetSvid(const std::string& spiffe_id) {
   auto& gauge = certificate_expiration_.Add({{"spiffe_id", spiffe_id}});
   certificate_expiration_.Remove(&gauge);
 }
+
+Metrics::ConnectionSeries& Metrics::Series(const ConnectionLabels& labels) {
+  if (auto it = connection_series_.find(labels); it != connection_series_.end()) return it->second;
+  ConnectionLabels key = labels;
+  if (connection_series_.size() >= kMaxConnectionLabelSets) {
+    key = ConnectionLabels{.reporter = labels.reporter,
+                           .source_workload = "other",
+                           .source_namespace = "other",
+                           .source_principal = "other",
+                           .destination_workload = "other",
+                           .destination_namespace = "other",
+                           .destination_principal = "other",
+                           .mtls = labels.mtls};
+    if (auto it = connection_series_.find(key); it != connection_series_.end()) return it->second;
+  }
+  const prometheus::Labels exported = IstioLabels(key);
+  ConnectionSeries series{.sent = &tcp_sent_bytes_.Add(exported),
+                          .received = &tcp_received_bytes_.Add(exported),
+                          .opened = &tcp_opened_.Add(exported),
+                          .closed = &tcp_closed_.Add(exported)};
+  return connection_series_.emplace(std::move(key), series).first->second;
+}
+
+void Metrics::ConnectionOpened(const ConnectionLabels& labels) {
+  std::lock_guard lock(mutex_);
+  Series(labels).opened->Increment();
+}
+
+void Metrics::ConnectionClosed(const ConnectionLabels& labels, uint64_t sent, uint64_t received) {
+  std::lock_guard lock(mutex_);
+  ConnectionSeries& series = Series(labels);
+  series.closed->Increment();
+  series.sent->Increment(static_cast<double>(sent));
+  series.received->Increment(static_cast<double>(received));
+}
+
+void Metrics::BytesTransferred(const ConnectionLabels& labels, uint64_t sent, uint64_t received) {
+  std::lock_guard lock(mutex_);
+  ConnectionSeries& series = Series(labels);
+  series.sent->Increment(static_cast<double>(sent));
+  series.received->Increment(static_cast<double>(received));
+}
+
+std::string Metrics::Bounded(absl::flat_hash_set<std::string>& seen, std::string_view value) {
+  std::string label(value);
+  if (seen.contains(label)) return label;
+  if (seen.size() >= kMaxValuesPerLabel) return "other";
+  seen.insert(label);
+  return label;
+}
+
+void Metrics::Handshake(bool ok, std::string_view reason) {
+  std::lock_guard lock(mutex_);
+  std::string label = Bounded(handshake_reasons_, reason.empty() ? std::string_view("none") : reason);
+  handshakes_.Add({{"result", ok ? "success" : "failure"}, {"reason", std::move(label)}}).Increment();
+}
+
+void Metrics::HandshakeDuration(std::chrono::microseconds duration) {
+  handshake_duration_.Observe(static_cast<double>(duration.count()) / 1e6);
+}
+
+void Metrics::ConnectionsActive(std::string_view datapath, int64_t delta) {
+  std::lock_guard lock(mutex_);
+  std::string label = Bounded(datapaths_, datapath.empty() ? std::string_view("unknown") : datapath);
+  connections_active_.Add({{"datapath", std::move(label)}}).Increment(static_cast<double>(delta));
+}
+
+void Metrics::PolicyDenial(std::string_view reason) {
+  std::lock_guard lock(mutex_);
+  std::string label = Bounded(denial_reasons_, reason.empty() ? std::string_view("unknown") : reason);
+  policy_denials_.Add({{"reason", std::move(label)}}).Increment();
+}
+
+void Metrics::KtlsUnavailable(bool unavailable) { ktls_unavailable_.Set(unavailable ? 1 : 0); }
+
+void Metrics::BuildInfo(std::string_view version, std::string_view datapath) {
+  std::lock_guard lock(mutex_);
+  if (build_info_ != nullptr) build_info_family_.Remove(build_info_);
+  build_info_ = &build_info_family_.Add({{"version", std::string(version.empty() ? "unknown" : version)},
+                                         {"datapath", std::string(datapath.empty() ? "unknown" : datapath)}});
+  build_info_->Set(1);
+}
+
+void Metrics::EventsDropped(uint64_t count) { events_dropped_.Increment(static_cast<double>(count)); }
 
 }  // namespace meshtls::telemetry
