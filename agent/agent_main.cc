@@ -30,6 +30,11 @@
 #include "meshtls/tls/identity_contexts.h"
 #include "meshtls/tls/relay.h"
 #include "meshtls/workload/registry.h"
+#include "meshtls/inspect/event_bus.h"
+#include "meshtls/inspect/status_server.h"
+#include "meshtls/telemetry/metrics_server.h"
+#include "inspection.h"
+#include "observer.h"
 #include "spdlog/spdlog.h"
 
 namespace meshtls::agent {
@@ -66,6 +71,16 @@ class Agent {
     svids_ = std::make_unique<identity::SvidStore>(*ca_, svid_options);
 
     ASSIGN_OR_RETURN(datapath_, tls::ChooseDatapath(Name(config_.datapath)));
+    ktls_ = tls::ProbeKtls();
+    if (config_.datapath != DatapathChoice::kAuto) {
+      datapath_reason_ = StrCat("forced by configuration (datapath: ", Name(config_.datapath), ")");
+    } else {
+      datapath_reason_ = ktls_.available ? StrCat("kernel TLS proven by the start-up probe: ", ktls_.detail)
+                                         : StrCat("no kernel TLS, OpenSSL encrypts: ", ktls_.detail);
+    }
+    metrics_->KtlsUnavailable(!ktls_.available);
+    metrics_->BuildInfo(MESHTLS_VERSION, tls::DatapathName(datapath_));
+    observer_ = std::make_unique<AgentObserver>(metrics_, &events_);
     tls::TlsContextOptions context_options;
     context_options.trust_bundle_pem = ca_->TrustBundlePem();
     context_options.trust_domain = config_.trust_domain;
@@ -78,6 +93,9 @@ class Agent {
                                     [this](const std::shared_ptr<const policy::PolicySet>& set) {
                                       spdlog::info("policies reloaded: {} PeerAuthentication, {} AuthorizationPolicy",
                                                    set->peer_authentication_count(), set->authorization_policy_count());
+                                      observer_->Publish(v1::EVENT_KIND_RELOAD, "", "", "ok", "policies",
+                                                         StrCat(set->peer_authentication_count(), " PeerAuthentication, ",
+                                                                set->authorization_policy_count(), " AuthorizationPolicy"));
                                       if (proxy_) proxy_->OnPolicyChange();
                                     }));
     for (const std::string& warning : policies_->Current()->warnings()) spdlog::warn("policy: {}", warning);
@@ -110,6 +128,7 @@ class Agent {
     deps.capture = capture_.get();
     deps.access_log = access_log_.get();
     deps.registry = &registry_;
+    deps.observer = observer_.get();
     ASSIGN_OR_RETURN(proxy_, proxy::NodeProxy::Create(proxy_options, deps));
     if (absl::Status st = proxy_->Reconcile(workloads_->Current()); !st.ok()) {
       spdlog::error("some workloads are not served: {}", st.message());
@@ -122,14 +141,20 @@ class Agent {
                                                    if (!diff.ok()) {
                                                      spdlog::error("workloads reload rejected, keeping the last good set: {}",
                                                                    diff.status().message());
+                                                     observer_->Publish(v1::EVENT_KIND_RELOAD, "", "", "error", "workloads",
+                                                                        std::string(diff.status().message()));
                                                      return;
                                                    }
+                                                   observer_->Publish(v1::EVENT_KIND_RELOAD, "", "", "ok", "workloads",
+                                                                      StrCat("+", diff->added.size(), " -", diff->removed.size(),
+                                                                             " ~", diff->changed.size()));
                                                    spdlog::info("workloads reloaded: +{} -{} ~{}", diff->added.size(),
                                                                 diff->removed.size(), diff->changed.size());
                                                    (void)proxy_->Reconcile(workloads_->Current());
                                                  }));
     ScheduleSvidTick();
     RETURN_IF_ERROR(WatchSignals());
+    RETURN_IF_ERROR(StartInspection());
     spdlog::info("meshtls-agent ready: node {}, trust domain {}, datapath {}, {} worker loop(s), serving {} workload(s)",
                  config_.node_name, config_.trust_domain, tls::DatapathName(datapath_), workers_.size(),
                  proxy_->ServedWorkloads().size());
@@ -169,8 +194,70 @@ class Agent {
     return absl::OkStatus();
   }
 
+  absl::Status StartInspection() {
+    AgentParts parts;
+    parts.config = &config_;
+    parts.started = started_;
+    parts.datapath = datapath_;
+    parts.datapath_reason = datapath_reason_;
+    parts.ktls = ktls_;
+    parts.worker_loops = static_cast<unsigned>(workers_.size());
+    parts.ca = ca_.get();
+    parts.svids = svids_.get();
+    parts.policies = policies_.get();
+    parts.workloads = workloads_.get();
+    parts.steering = steering_.get();
+    parts.capture = capture_.get();
+    parts.shortcut = shortcut_.get();
+    parts.proxy = proxy_.get();
+    inspection_ = std::make_unique<AgentInspection>(parts);
+    inspect::StatusServerOptions status_options;
+    status_options.socket_path = config_.status_socket;
+    ASSIGN_OR_RETURN(status_server_, inspect::StatusServer::Start(status_options, inspection_.get(), &events_));
+    telemetry::MetricsServerOptions metrics_options;
+    metrics_options.address = config_.metrics_address;
+    metrics_options.metrics_port = config_.ports.metrics;
+    metrics_options.readiness_port = config_.ports.readiness;
+    ASSIGN_OR_RETURN(metrics_server_, telemetry::MetricsServer::Start(metrics_options, metrics_, [this] { return Readiness(); }));
+    spdlog::info("status API on {}, metrics on {}:{}/metrics, readiness on {}:{}/healthz/ready", config_.status_socket,
+                 config_.metrics_address.ToString(), config_.ports.metrics, config_.metrics_address.ToString(),
+                 config_.ports.readiness);
+    return absl::OkStatus();
+  }
+
+  // Ready when every pod of this node is served (listeners up), each has its SVID, and the BPF
+  // programs are attached.
+  telemetry::ReadinessReport Readiness() const {
+    telemetry::ReadinessReport report;
+    const auto local = workloads_->Current()->OnNode(config_.node_name);
+    const auto served = proxy_->ServedWorkloads();
+    if (served.size() < local.size()) {
+      report.not_ready_reasons.push_back(
+          StrCat("listeners not up: serving ", served.size(), " of ", local.size(), " local workloads"));
+    }
+    const auto states = svids_->States();
+    for (const workload::Workload* w : local) {
+      const SpiffeId id = w->Identity(config_.trust_domain);
+      const bool held = std::any_of(states.begin(), states.end(), [&](const identity::SvidState& s) { return s.id == id; });
+      if (!held) report.not_ready_reasons.push_back(StrCat("certificates not loaded: no SVID for ", id.ToString()));
+    }
+    if (steering_->Links().empty()) report.not_ready_reasons.push_back("BPF not attached");
+    report.ready = report.not_ready_reasons.empty();
+    return report;
+  }
+
   void ScheduleSvidTick() {
+    std::map<std::string, std::string> before;
+    for (const identity::SvidState& state : svids_->States()) before[state.id.ToString()] = state.serial_hex;
     const auto next = svids_->Tick();
+    for (const identity::SvidState& state : svids_->States()) {
+      auto it = before.find(state.id.ToString());
+      if (it != before.end() && it->second != state.serial_hex) {
+        observer_->Publish(v1::EVENT_KIND_ROTATION, "", state.id.ToString(), "ok", "renewed", StrCat("serial ", state.serial_hex));
+      } else if (it != before.end() && state.failures > 0) {
+        observer_->Publish(v1::EVENT_KIND_ROTATION, "", state.id.ToString(), "error", "issuance_failed", state.last_error);
+      }
+    }
     const auto delay = std::max(std::chrono::system_clock::duration(std::chrono::seconds(1)),
                                 next - std::chrono::system_clock::now());
     control_->AddTimer(EventLoop::Clock::now() + std::min<std::chrono::system_clock::duration>(delay, std::chrono::minutes(5)),
@@ -239,6 +326,9 @@ class Agent {
   }
 
   void Shutdown() {
+    if (status_server_) status_server_->Shutdown();
+    status_server_.reset();
+    metrics_server_.reset();
     workload_watcher_.reset();
     proxy_.reset();  // unwatches listeners on the running loops, then closes them
     for (auto& loop : workers_) loop->Stop();
@@ -270,6 +360,14 @@ class Agent {
   std::vector<std::thread> threads_;
   std::unique_ptr<proxy::NodeProxy> proxy_;
   UniqueFd signal_fd_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  tls::KtlsSupport ktls_;
+  std::string datapath_reason_;
+  inspect::EventBus events_;
+  std::unique_ptr<AgentObserver> observer_;
+  std::unique_ptr<AgentInspection> inspection_;
+  std::unique_ptr<inspect::StatusServer> status_server_;
+  std::unique_ptr<telemetry::MetricsServer> metrics_server_;
   bool draining_ = false;
   EventLoop::Clock::time_point drain_deadline_;
   int exit_code_ = 0;

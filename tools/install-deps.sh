@@ -10,6 +10,7 @@ packages=(
   libssl-dev libabsl-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
   libbpf-dev bpftool libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libcli11-dev libyaml-cpp-dev nlohmann-json3-dev libcap-dev prometheus-cpp-dev
+  python3-grpcio python3-protobuf
   # tests, VM harness and benchmarks
   iproute2 iperf3 tshark tcpdump openssl qemu-system-x86 busybox-static xz-utils procps prometheus
 )

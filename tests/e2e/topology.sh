@@ -98,6 +98,10 @@ topo_run() {
     ip netns exec "$(topo_ns "$pod")" "$@"
 }
 
+# Each node's agent serves metrics and readiness on its own loopback ports (both agents share the
+# host's loopback), picked from the run id so that a leftover of another run does not collide.
+topo_metrics_port() { echo $((20000 + (TOPO_ID % 4000) * 4 + ($1 - 1) * 2)); }
+
 # topo_start_agent N [extra agent flags...]: starts node N's agent; logs in $TOPO_ROOT/agentN.log,
 # access log in $TOPO_ROOT/access-N.log. Waits until it is ready.
 topo_start_agent() {
@@ -116,6 +120,9 @@ accessLog: $TOPO_ROOT/access-$n.log
 leaveBpfAttachedOnExit: ${TOPO_LEAVE_ATTACHED:-false}
 drainTimeout: 2s
 workers: 2
+ports:
+  metrics: $(topo_metrics_port "$n")
+  readiness: $(( $(topo_metrics_port "$n") + 1 ))
 EOF
   [[ -n ${TOPO_EXTRA_CONFIG:-} ]] && cat "$TOPO_EXTRA_CONFIG" >>"$config"
   # Both nodes share one CA (made once with `meshtlsctl ca init`), as one cluster would.
