@@ -1,8 +1,14 @@
-// meshtlsctl: the meshtls command line. Today: offline CA work.
+// meshtlsctl: the meshtls command line. Offline CA work, and the agent's status API.
 //   meshtlsctl ca init --dir DIR [--trust-domain TD]
 //   meshtlsctl ca issue --dir DIR --spiffe-id ID [--ttl 24h] --out PREFIX [--force]
 //   meshtlsctl ca inspect FILE [-o table|json]
+//   meshtlsctl [--socket PATH] [-o table|json|yaml] [--timeout 5s]
+//       status | workloads | connections [--workload NS/NAME] | certs | policy [--workload NS/NAME]
+//       | tap [--kind KIND,...] [--workload NS/NAME] | rotate (--spiffe-id ID | --all)
+// Exit codes: 0 ok, 1 the operation failed, 2 bad usage.
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -16,10 +22,14 @@
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <atomic>
+#include <thread>
 
 #include "meshtls/common/status.h"
 #include "meshtls/common/strings.h"
 #include "meshtls/common/unique_fd.h"
+#include "meshtls/ctl/client.h"
+#include "meshtls/ctl/format.h"
 #include "meshtls/identity/certificate_authority.h"
 
 namespace meshtls {
@@ -149,12 +159,93 @@ int CaInspect(const std::string& file, const std::string& output) {
   return 0;
 }
 
+// ---- The agent's status API ----
+
+constexpr int kExitUsage = 2;
+
+int Usage(const std::string& message) {
+  std::cerr << "meshtlsctl: " << message << "\n";
+  return kExitUsage;
+}
+
+template <typename Response, typename Render>
+int Print(const absl::StatusOr<Response>& response, Render render, const ctl::RenderOptions& options) {
+  if (!response.ok()) return Fail(response.status());
+  std::cout << render(*response, options) << std::flush;
+  return 0;
+}
+
+// Ctrl-C must end `tap` with the call cancelled and exit 0, not kill it mid-line. SIGINT and
+// SIGTERM are blocked before gRPC starts its threads (which inherit the mask), so only this
+// watcher takes them; a second signal gives up on a clean end.
+class SignalCanceller {
+ public:
+  explicit SignalCanceller(const sigset_t& signals, ctl::StatusClient& client)
+      : signals_(signals), thread_([this, &client] { Run(client); }) {}
+  ~SignalCanceller() {
+    done_ = true;
+    thread_.join();
+  }
+
+ private:
+  void Run(ctl::StatusClient& client) {
+    bool cancelled = false;
+    timespec tick{0, 100 * 1000 * 1000};  // how often to notice that the stream ended by itself
+    while (!done_) {
+      if (::sigtimedwait(&signals_, nullptr, &tick) <= 0) continue;
+      if (cancelled) std::_Exit(130);
+      cancelled = true;
+      client.CancelWatch();
+    }
+  }
+
+  sigset_t signals_;
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+int Tap(const ctl::ClientOptions& client_options, const v1::WatchEventsRequest& request,
+        const ctl::RenderOptions& options) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ctl::StatusClient client(client_options);
+  absl::Status status;
+  {
+    SignalCanceller canceller(signals, client);
+    status = client.WatchEvents(request, [&](const v1::Event& event) {
+      // stderr, so that stdout stays one event per line (or document) for jq and friends.
+      if (event.dropped_before() > 0) std::cerr << ctl::DroppedEventsWarning(event.dropped_before()) << std::flush;
+      std::cout << ctl::RenderEvent(event, options) << std::flush;
+    });
+  }
+  if (!status.ok()) return Fail(status);
+  return 0;
+}
+
 }  // namespace
 }  // namespace meshtls
 
 int main(int argc, char** argv) {
+  using meshtls::ctl::StatusClient;
+  namespace ctl = meshtls::ctl;
+  namespace v1 = meshtls::v1;
+
   CLI::App app{"meshtlsctl: inspect and operate meshtls"};
   app.require_subcommand(1);
+  // Global options may follow the subcommand too: `meshtlsctl certs -o json`.
+  app.fallthrough();
+  std::string socket = ctl::kDefaultSocketPath, api_output = "table", timeout_text = "5s";
+  app.add_option("--socket", socket, "the agent's status socket")
+      ->envname(ctl::kSocketEnvVar)
+      ->capture_default_str();
+  app.add_option("-o,--output", api_output, "table, json or yaml")
+      ->check(CLI::IsMember({"table", "json", "yaml"}))
+      ->capture_default_str();
+  app.add_option("--timeout", timeout_text, "how long to wait for an answer: 5s, 1m")->capture_default_str();
+
   CLI::App* ca = app.add_subcommand("ca", "offline work with the embedded CA (also for a CA shared by several nodes)");
   ca->require_subcommand(1);
 
@@ -172,9 +263,73 @@ int main(int argc, char** argv) {
   CLI::App* inspect = ca->add_subcommand("inspect", "print SPIFFE ID, serial, validity and chain of a PEM file");
   inspect->add_option("file", file, "PEM certificate file")->required();
   inspect->add_option("-o,--output", output, "table or json")->check(CLI::IsMember({"table", "json"}))->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+
+  std::string workload, kinds_text, rotate_id;
+  bool rotate_all = false;
+  CLI::App* status_cmd = app.add_subcommand("status", "the agent: version, uptime, datapath and why, kernel, BPF, counters");
+  CLI::App* workloads_cmd = app.add_subcommand("workloads", "workloads in the registry, marking those served here");
+  CLI::App* connections_cmd = app.add_subcommand("connections", "live connections through this agent");
+  connections_cmd->add_option("--workload", workload, "only from or to this workload (namespace/name)");
+  CLI::App* certs_cmd = app.add_subcommand("certs", "the SVIDs this agent holds, and the trust bundle");
+  CLI::App* policy_cmd = app.add_subcommand("policy", "the effective mTLS mode and authorization per served workload");
+  policy_cmd->add_option("--workload", workload, "only this workload (namespace/name)");
+  CLI::App* tap_cmd = app.add_subcommand("tap", "stream handshakes, denials, rotations, reloads and closes until Ctrl-C");
+  tap_cmd->add_option("--kind", kinds_text, "only these kinds, comma-separated: handshake,denial,rotation,reload,close");
+  tap_cmd->add_option("--workload", workload, "only events concerning this workload (namespace/name)");
+  CLI::App* rotate_cmd = app.add_subcommand("rotate", "renew SVIDs now and print their new serials");
+  CLI::Option* rotate_id_opt = rotate_cmd->add_option("--spiffe-id", rotate_id, "the identity to renew");
+  rotate_cmd->add_flag("--all", rotate_all, "renew every identity")->excludes(rotate_id_opt);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help is a ParseError too, with exit code 0.
+    return app.exit(e) == 0 ? 0 : meshtls::kExitUsage;
+  }
 
   if (init->parsed()) return meshtls::CaInit(dir, trust_domain);
   if (issue->parsed()) return meshtls::CaIssue(dir, spiffe_id, ttl, out, force);
-  return meshtls::CaInspect(file, output);
+  if (inspect->parsed()) return meshtls::CaInspect(file, output);
+
+  auto timeout = meshtls::ParseDuration(timeout_text);
+  if (!timeout.ok()) return meshtls::Usage(meshtls::StrCat("--timeout: ", timeout.status().message()));
+  if (!workload.empty() && !ctl::IsWorkloadName(workload)) {
+    return meshtls::Usage(meshtls::StrCat("--workload '", workload, "': use namespace/name"));
+  }
+  ctl::ClientOptions client_options;
+  client_options.socket_path = socket;
+  client_options.timeout = *timeout;
+  ctl::RenderOptions options;
+  options.format = *ctl::ParseOutputFormat(api_output);
+  options.now = std::chrono::system_clock::now();
+
+  if (tap_cmd->parsed()) {
+    v1::WatchEventsRequest request;
+    auto kinds = ctl::ParseEventKinds(kinds_text);
+    if (!kinds.ok()) return meshtls::Usage(meshtls::StrCat("--kind: ", kinds.status().message()));
+    for (v1::EventKind kind : *kinds) request.add_kinds(kind);
+    request.set_workload(workload);
+    return meshtls::Tap(client_options, request, options);
+  }
+  if (rotate_cmd->parsed() && rotate_id.empty() && !rotate_all) {
+    return meshtls::Usage("rotate: say which identity (--spiffe-id ID) or --all");
+  }
+
+  StatusClient client(client_options);
+  if (status_cmd->parsed()) return meshtls::Print(client.GetStatus(), ctl::RenderStatus, options);
+  if (workloads_cmd->parsed()) return meshtls::Print(client.ListWorkloads(), ctl::RenderWorkloads, options);
+  if (connections_cmd->parsed()) {
+    v1::ListConnectionsRequest request;
+    request.set_workload(workload);
+    return meshtls::Print(client.ListConnections(request), ctl::RenderConnections, options);
+  }
+  if (certs_cmd->parsed()) return meshtls::Print(client.ListCertificates(), ctl::RenderCertificates, options);
+  if (policy_cmd->parsed()) {
+    v1::GetPolicyRequest request;
+    request.set_workload(workload);
+    return meshtls::Print(client.GetPolicy(request), ctl::RenderPolicy, options);
+  }
+  v1::RotateCertificatesRequest request;
+  request.set_spiffe_id(rotate_id);
+  return meshtls::Print(client.RotateCertificates(request), ctl::RenderRotation, options);
 }
