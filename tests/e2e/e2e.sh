@@ -340,6 +340,102 @@ PY
   expect_eq "and the last good registry stays" "n2b:still" "$(send n1a 10.0.2.3 8080 still)"
 }
 
+# meshtlsctl against a live agent; prints the output, fails the check on a non-zero exit.
+ctl() {  # NODE ARGS...
+  local n=$1; shift
+  "$CTL" --socket "$TOPO_ROOT/status$n.sock" "$@"
+}
+json_get() {  # FILE PYTHON-EXPRESSION over `d` (the parsed JSON)
+  /usr/bin/python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"
+}
+scrape() {  # NODE PATH -> body (metrics or readiness)
+  /usr/bin/python3 - "http://127.0.0.1:$1$2" <<'PY'
+import sys, urllib.request, urllib.error
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
+        print(r.status); sys.stdout.write(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code); sys.stdout.write(e.read().decode())
+PY
+}
+# Sum of a metric's samples whose labels contain every given 'key="value"'.
+metric_sum() {  # FILE NAME LABEL...
+  local file=$1 name=$2; shift 2
+  /usr/bin/python3 - "$file" "$name" "$@" <<'PY'
+import sys
+path, name, wanted = sys.argv[1], sys.argv[2], sys.argv[3:]
+total = 0.0
+for line in open(path):
+    if line.startswith(name + "{") or line.startswith(name + " "):
+        if all(w in line for w in wanted):
+            total += float(line.rsplit(" ", 1)[1])
+print(int(total))
+PY
+}
+
+test_inspection() {
+  setup; mesh_mode STRICT
+  agents || return
+  serve n2a 8080
+  topo_run n2a iperf3 -s -p 5201 >/dev/null 2>&1 &
+  sleep 0.5
+  topo_run n1a iperf3 -c 10.0.2.2 -p 5201 -t 6 >/dev/null 2>&1 &
+  local iperf=$!
+  sleep 2
+  local out=$TOPO_ROOT/ctl
+  mkdir -p "$out"
+  local cmd
+  for cmd in status workloads connections certs policy; do
+    if ctl 1 -o json "$cmd" >"$out/$cmd.json" 2>"$out/$cmd.err"; then pass "meshtlsctl $cmd -o json"; else fail "meshtlsctl $cmd: $(cat "$out/$cmd.err")"; fi
+    ctl 1 "$cmd" >"$out/$cmd.txt" 2>&1 || fail "meshtlsctl $cmd (table)"
+  done
+  expect_eq "status: served workloads" "['default/n1a', 'default/n1b']" \
+    "$(json_get "$out/status.json" "sorted(d.get('servedWorkloads', d.get('served_workloads', [])))")"
+  expect_eq "status: the BPF programs are listed with ids" True \
+    "$(json_get "$out/status.json" "len(d.get('bpfPrograms', d.get('bpf_programs', []))) >= 5")"
+  expect_eq "connections: the live iperf3 stream is listed with its bytes" True \
+    "$(json_get "$out/connections.json" "any(c.get('destinationAddress', c.get('destination_address')) == '10.0.2.2:5201' and int(c.get('bytesSent', c.get('bytes_sent', 0))) > 0 for c in d.get('connections', []))")"
+  expect_eq "certs: the sleep SVID is there" True \
+    "$(json_get "$out/certs.json" "any(c.get('spiffeId', c.get('spiffe_id')) == 'spiffe://cluster.local/ns/default/sa/sleep' for c in d.get('certificates', []))")"
+  expect_eq "policy: n1a is STRICT" True \
+    "$(json_get "$out/policy.json" "any(w['workload'] == 'default/n1a' and w['mode'] in ('MTLS_MODE_STRICT', 1) for w in d['workloads'])")"
+  local old new
+  old=$(json_get "$out/certs.json" "[c.get('serial') for c in d['certificates'] if c.get('spiffeId', c.get('spiffe_id')).endswith('/sa/sleep')][0]")
+  ctl 1 -o json rotate --spiffe-id spiffe://cluster.local/ns/default/sa/sleep >"$out/rotate.json" 2>&1 || fail "meshtlsctl rotate: $(cat "$out/rotate.json")"
+  new=$(json_get "$out/rotate.json" "d['rotated'][0]['serial']")
+  [[ -n $new && $new != "$old" ]] && pass "rotate: a new serial ($old -> $new)" || fail "rotate did not renew ($old -> $new)"
+  # tap sees the next handshake.
+  timeout 4 "$CTL" --socket "$TOPO_ROOT/status1.sock" tap >"$out/tap.txt" 2>&1 &
+  local tap=$!
+  sleep 1
+  send n1a 10.0.2.2 8080 tapped >/dev/null
+  wait "$tap" 2>/dev/null
+  grep -qi "handshake" "$out/tap.txt" && pass "tap streams the handshake" || fail "tap saw no handshake: $(head -5 "$out/tap.txt")"
+  wait "$iperf"
+  # The socket is root's only.
+  expect_eq "the status socket is mode 0600" 600 "$(stat -c %a "$TOPO_ROOT/status1.sock")"
+  local denied
+  denied=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$CTL" --socket "$TOPO_ROOT/status1.sock" status 2>&1 || true)
+  [[ $denied == *"ermission denied"* ]] && pass "a non-root user is refused: $denied" || fail "a non-root user got: $denied"
+  # Metrics: promtool accepts a live scrape, and the counters follow the traffic.
+  local port; port=$(topo_metrics_port 1)
+  scrape "$port" /metrics | tail -n +2 >"$out/before.prom"
+  local i
+  for i in 1 2 3 4 5; do send n1a 10.0.2.2 8080 "count-$i" >/dev/null; done
+  sleep 0.3
+  scrape "$port" /metrics | tail -n +2 >"$out/after.prom"
+  if promtool check metrics <"$out/after.prom" >"$out/promtool.txt" 2>&1; then pass "promtool check metrics accepts the scrape"
+  else fail "promtool: $(head -5 "$out/promtool.txt")"; fi
+  local labels=('reporter="source"' 'source_workload="n1a"' 'destination_workload="n2a"')
+  expect_eq "istio_tcp_connections_opened_total counted the 5 connections" 5 \
+    $(( $(metric_sum "$out/after.prom" istio_tcp_connections_opened_total "${labels[@]}") - $(metric_sum "$out/before.prom" istio_tcp_connections_opened_total "${labels[@]}") ))
+  expect_eq "istio_tcp_connections_closed_total too" 5 \
+    $(( $(metric_sum "$out/after.prom" istio_tcp_connections_closed_total "${labels[@]}") - $(metric_sum "$out/before.prom" istio_tcp_connections_closed_total "${labels[@]}") ))
+  expect_eq "istio_tcp_received_bytes_total counted the request bytes (5 x 7)" 35 \
+    $(( $(metric_sum "$out/after.prom" istio_tcp_received_bytes_total "${labels[@]}") - $(metric_sum "$out/before.prom" istio_tcp_received_bytes_total "${labels[@]}") ))
+  expect_eq "readiness answers 200" 200 "$(scrape $((port + 1)) /healthz/ready | head -1)"
+}
+
 test_lifecycle() {
   setup; mesh_mode STRICT
   agents || return  # drainTimeout: 2s (topology.sh)
@@ -381,7 +477,7 @@ test_lifecycle() {
 }
 
 if [[ $test_name == all ]]; then
-  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input lifecycle policy_change_closes_denied_connections workload_reload; do
+  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input lifecycle policy_change_closes_denied_connections workload_reload inspection; do
     "$0" "$build" "$t" --datapath "$DATAPATH" || failures=$((failures + 1))
   done
   trap - EXIT
