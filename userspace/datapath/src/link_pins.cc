@@ -37,7 +37,7 @@ absl::Status LinkPins::AttachOrAdopt(bpf_program* program, const std::string& pi
       bpf_link* link = bpf_link__open(pin.c_str());
       if (link != nullptr && bpf_link__update_program(link, program) == 0) {
         spdlog::info("adopted pinned BPF link {} ({})", pin, what);
-        links_.push_back({link, pin, what});
+        links_.push_back({link, pin, what, bpf_program__name(program)});
         return absl::OkStatus();
       }
       const int saved_errno = errno;
@@ -52,7 +52,7 @@ absl::Status LinkPins::AttachOrAdopt(bpf_program* program, const std::string& pi
   }
   bpf_link* link = attach();
   if (link == nullptr) return ErrnoStatus(errno, StrCat("attach ", bpf_program__name(program), " to ", what));
-  links_.push_back({link, std::string(), what});
+  links_.push_back({link, std::string(), what, bpf_program__name(program)});
   if (!pin.empty()) {
     if (bpf_link__pin(link, pin.c_str()) != 0) return ErrnoStatus(errno, StrCat("pin ", pin));
     links_.back().pin = pin;
@@ -66,18 +66,12 @@ std::vector<AttachedLink> LinkPins::Describe() const {
     AttachedLink link;
     link.attach_point = entry.what;
     link.pin_path = entry.pin;
+    link.program_name = entry.program;
     bpf_link_info info{};
     uint32_t length = sizeof(info);
     if (bpf_obj_get_info_by_fd(bpf_link__fd(entry.link), &info, &length) == 0) {
       link.link_id = info.id;
       link.program_id = info.prog_id;
-    }
-    bpf_prog_info prog{};
-    uint32_t prog_length = sizeof(prog);
-    const int prog_fd = bpf_prog_get_fd_by_id(link.program_id);
-    if (prog_fd >= 0) {
-      if (bpf_obj_get_info_by_fd(prog_fd, &prog, &prog_length) == 0) link.program_name = prog.name;
-      ::close(prog_fd);
     }
     out.push_back(std::move(link));
   }

@@ -41,6 +41,7 @@ class LinkPins {
     bpf_link* link;
     std::string pin;   // "" if unpinned
     std::string what;  // the cgroup or netns it is attached to
+    std::string program;  // the full name (the kernel keeps 15 characters)
   };
   std::vector<Entry> links_;
   std::set<std::string> claimed_;
