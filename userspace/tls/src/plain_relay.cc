@@ -108,7 +108,18 @@ void PlainRelay::OnEvent(bool is_a, uint32_t events) {
 }
 
 void PlainRelay::Pump() {
-  while (!closed_) {
+  for (int round = 0; !closed_; ++round) {
+    if (round == kPumpRounds) {
+      // Let the loop serve everything else before this relay continues (fairness).
+      if (!resume_pending_) {
+        resume_pending_ = true;
+        loop_.Post([self = shared_from_this()] {
+          self->resume_pending_ = false;
+          if (!self->closed_) self->Pump();
+        });
+      }
+      return;
+    }
     bool progress = false;
     if (!PumpDirection(*a_to_b_, progress) || !PumpDirection(*b_to_a_, progress)) return;
     if (!progress) break;

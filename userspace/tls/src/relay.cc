@@ -128,6 +128,15 @@ void Relay::OnEvent(bool plaintext, uint32_t events) {
 
 void Relay::Abort(FailureReason reason, std::string detail) { Finish(reason, std::move(detail)); }
 
+void Relay::ResumeLater() {
+  if (resume_pending_) return;
+  resume_pending_ = true;
+  loop_.Post([self = shared_from_this()] {
+    self->resume_pending_ = false;
+    if (!self->closed_) self->Pump();
+  });
+}
+
 void Relay::AbortFromAnyThread(FailureReason reason, std::string detail) {
   loop_.Post([self = shared_from_this(), reason, detail = std::move(detail)]() mutable {
     self->Abort(reason, std::move(detail));

@@ -77,7 +77,8 @@ class SpliceRelay final : public Relay {
   }
 
   void Pump() override {
-    while (!closed_) {
+    for (int round = 0; !closed_; ++round) {
+      if (round == kPumpRounds) return ResumeLater();
       bool progress = false;
       if (!PumpUp(progress) || !PumpDown(progress)) return;
       if (!progress) break;

@@ -78,7 +78,8 @@ class UserspaceRelay final : public Relay {
 
   void Pump() override {
     SSL* ssl = tunnel_->ssl();
-    while (!closed_) {
+    for (int round = 0; !closed_; ++round) {
+      if (round == kPumpRounds) return ResumeLater();
       bool progress = false;
       if (!PumpUp(ssl, progress) || !PumpDown(ssl, progress)) return;
       if (!progress) break;

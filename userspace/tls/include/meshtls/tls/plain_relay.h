@@ -63,7 +63,9 @@ class PlainRelay : public std::enable_shared_from_this<PlainRelay> {
   std::unique_ptr<Direction> a_to_b_;
   std::unique_ptr<Direction> b_to_a_;
   bool a_readable_ = true, a_writable_ = true, b_readable_ = true, b_writable_ = true;
+  static constexpr int kPumpRounds = 64;
   bool registered_ = false;
+  bool resume_pending_ = false;
   bool closed_ = false;
   CloseCallback on_close_;
   std::chrono::steady_clock::time_point started_;

@@ -94,6 +94,11 @@ class Relay : public std::enable_shared_from_this<Relay> {
   // the system calls of a level-triggered relay).
   absl::Status Register();
   void Finish(FailureReason reason, std::string detail);
+  // Pump() moves at most this many rounds per call, then lets the loop run everything else
+  // (other connections, timers, posted tasks) before it continues: one fast stream must not
+  // starve its loop.
+  static constexpr int kPumpRounds = 64;
+  void ResumeLater();
   // Finishes after a failed system call: a reset or broken pipe is kPeerReset, anything else
   // kIoError. Always returns false, so callers can `return FailWithErrno(...)`.
   bool FailWithErrno(int saved_errno, std::string_view what);
@@ -120,6 +125,7 @@ class Relay : public std::enable_shared_from_this<Relay> {
   CloseCallback on_close_;
   std::chrono::steady_clock::time_point started_;
   bool registered_ = false;
+  bool resume_pending_ = false;
   ConnectionRegistry* registry_ = nullptr;
 };
 
