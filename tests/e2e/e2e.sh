@@ -399,6 +399,9 @@ test_inspection() {
     "$(json_get "$out/certs.json" "any(c.get('spiffeId', c.get('spiffe_id')) == 'spiffe://cluster.local/ns/default/sa/sleep' for c in d.get('certificates', []))")"
   expect_eq "policy: n1a is STRICT" True \
     "$(json_get "$out/policy.json" "any(w['workload'] == 'default/n1a' and w['mode'] in ('MTLS_MODE_STRICT', 1) for w in d['workloads'])")"
+  expect_eq "a Python grpcio client reads GetStatus and ListCertificates" \
+    "node=node1 certificates=spiffe://cluster.local/ns/default/sa/intruder,spiffe://cluster.local/ns/default/sa/sleep" \
+    "$(/usr/bin/python3 "$here/grpc_probe.py" "$TOPO_ROOT/status1.sock" "$here/../.." 2>&1 | tail -1)"
   local old new
   old=$(json_get "$out/certs.json" "[c.get('serial') for c in d['certificates'] if c.get('spiffeId', c.get('spiffe_id')).endswith('/sa/sleep')][0]")
   ctl 1 -o json rotate --spiffe-id spiffe://cluster.local/ns/default/sa/sleep >"$out/rotate.json" 2>&1 || fail "meshtlsctl rotate: $(cat "$out/rotate.json")"
