@@ -225,7 +225,7 @@ TEST_F(LocalLegShortcutTest, PinnedProgramsAreAdoptedAfterARestartNotStacked) {
 TEST(OwnCgroupPathTest, NamesAnExistingCgroupDirectory) {
   const std::string root = Cgroup2Root();
   ASSERT_FALSE(root.empty());
-  auto path = OwnCgroupPath(root);
+  auto path = OwnCgroupPath();
   ASSERT_TRUE(path.ok()) << path.status();
   EXPECT_TRUE(fs::exists(*path + "/cgroup.procs")) << *path;
 }

@@ -88,7 +88,7 @@ wire_summary() {
 # --- the tests ---------------------------------------------------------------------------
 
 test_strict() {
-  setup; mesh_mode STRICT; agents || return
+  setup; mesh_mode STRICT; agents || { fail "the agents did not start"; return; }
   serve n2a 8080
   expect_eq "plaintext from outside the mesh to a STRICT pod is refused" reset "$(send out 10.0.2.2 8080 plain)"
   expect_contains "the refusal is logged" "$TOPO_ROOT/access-2.log" '"reason":"plaintext_refused"'
@@ -114,7 +114,7 @@ metadata: {name: legacy, namespace: other}
 spec:
   selector: {matchLabels: {app: legacy}}
   mtls: {mode: DISABLE}'
-  agents || return
+  agents || { fail "the agents did not start"; return; }
   serve n2a 8080; serve n2b 8080
   expect_eq "PERMISSIVE: plaintext passes" "n2a:hello" "$(send out 10.0.2.2 8080 hello)"
   expect_contains "PERMISSIVE plaintext is logged as tls=false" "$TOPO_ROOT/access-2.log" \
@@ -147,7 +147,7 @@ spec:
   selector: {matchLabels: {app: legacy}}
   rules:
   - to: [{operation: {methods: ["GET"]}}]'
-  agents || return
+  agents || { fail "the agents did not start"; return; }
   serve n2a 8080; serve n2a 9090; serve n2b 8080
   expect_eq "allowed principal" "n2a:ok" "$(send n1a 10.0.2.2 8080 ok)"
   expect_eq "other principal is refused" reset "$(send n1b 10.0.2.2 8080 no)"
@@ -192,8 +192,8 @@ test_identity_mismatch() {
   setup; mesh_mode STRICT
   # Node 1 believes n2a runs as "httpbin"; node 2 serves it as "impostor".
   sed 's/serviceAccount: httpbin/serviceAccount: impostor/' "$TOPO_ROOT/workloads.yaml" >"$TOPO_ROOT/workloads-2.yaml"
-  topo_start_agent 1 --datapath "$DATAPATH" || return
-  topo_start_agent 2 --datapath "$DATAPATH" --workloads "$TOPO_ROOT/workloads-2.yaml" || return
+  topo_start_agent 1 --datapath "$DATAPATH" || { fail "an agent did not start"; return; }
+  topo_start_agent 2 --datapath "$DATAPATH" --workloads "$TOPO_ROOT/workloads-2.yaml" || { fail "an agent did not start"; return; }
   serve n2a 8080
   expect_eq "the client agent refuses a server with the wrong identity" reset "$(send n1a 10.0.2.2 8080 x)"
   expect_contains "the reason is identity_mismatch" "$TOPO_ROOT/access-1.log" '"reason":"identity_mismatch"'
@@ -204,7 +204,7 @@ test_rotation_under_load() {
   # 10 s certificates rotate at about half-life: several rotations during 30 s of traffic.
   printf 'svidTtl: 10s\n' >"$TOPO_ROOT/ttl.yaml"
   TOPO_EXTRA_CONFIG=$TOPO_ROOT/ttl.yaml
-  agents || return
+  agents || { fail "the agents did not start"; return; }
   topo_run n2a iperf3 -s -p 5201 >"$TOPO_ROOT/iperf-server.log" 2>&1 &
   serve n2a 8080
   sleep 0.5
@@ -238,7 +238,7 @@ test_rotation_under_load() {
 test_restart() {
   setup; mesh_mode STRICT
   TOPO_LEAVE_ATTACHED=true
-  agents || return
+  agents || { fail "the agents did not start"; return; }
   serve n2a 8080
   expect_eq "traffic before the crash" "n2a:before" "$(send n1a 10.0.2.2 8080 before)"
   capture_start
@@ -251,7 +251,7 @@ test_restart() {
   read -r packets records hits <<<"$(wire_summary "$marker")"
   expect_eq "no plaintext left the node while the agent was down" 0 "$hits"
   local start=$SECONDS
-  topo_start_agent 1 --datapath "$DATAPATH" || return
+  topo_start_agent 1 --datapath "$DATAPATH" || { fail "an agent did not start"; return; }
   local i got=""
   for i in $(seq 20); do
     got=$(send n1a 10.0.2.2 8080 after)
@@ -271,7 +271,7 @@ test_bad_input() {
   # A short handshake deadline and a small pending-handshake limit, to see both act.
   printf 'handshakeTimeout: 2s\nmaxPendingHandshakes: 800\n' >"$TOPO_ROOT/limits.yaml"
   TOPO_EXTRA_CONFIG=$TOPO_ROOT/limits.yaml
-  agents || return
+  agents || { fail "the agents did not start"; return; }
   serve n2a 8080
   /usr/bin/python3 "$here/bad_input.py" 10.0.2.2 15008 --netns "$(topo_ns out)" >"$TOPO_ROOT/bad.log" 2>&1 &
   local bad=$! i
@@ -291,7 +291,7 @@ test_bad_input() {
 
 test_policy_change_closes_denied_connections() {
   setup; mesh_mode STRICT
-  agents || return
+  agents || { fail "the agents did not start"; return; }
   topo_run n2a iperf3 -s -p 5201 >/dev/null 2>&1 &
   sleep 0.5
   topo_run n1a iperf3 -c 10.0.2.2 -p 5201 -t 20 >"$TOPO_ROOT/iperf.log" 2>&1 &
@@ -323,7 +323,7 @@ lines = open(sys.argv[1]).read().split("\n  - name: ")
 kept = [lines[0]] + [l for l in lines[1:] if not l.startswith("n2b")]
 open(sys.argv[2], "w").write("\n  - name: ".join(kept))
 PY
-  agents || return
+  agents || { fail "the agents did not start"; return; }
   serve n2b 8080
   expect_eq "a pod not in the registry is not meshed" "n2b:before" "$(send out 10.0.2.3 8080 before)"
   cp "$TOPO_ROOT/workloads-full.yaml" "$TOPO_ROOT/workloads.tmp" && mv "$TOPO_ROOT/workloads.tmp" "$TOPO_ROOT/workloads.yaml"
@@ -375,7 +375,7 @@ PY
 
 test_inspection() {
   setup; mesh_mode STRICT
-  agents || return
+  agents || { fail "the agents did not start"; return; }
   serve n2a 8080
   topo_run n2a iperf3 -s -p 5201 >/dev/null 2>&1 &
   sleep 0.5
@@ -391,6 +391,15 @@ test_inspection() {
   done
   expect_eq "status: served workloads" "['default/n1a', 'default/n1b']" \
     "$(json_get "$out/status.json" "sorted(d.get('servedWorkloads', d.get('served_workloads', [])))")"
+  if [[ $(json_get "$out/status.json" "d['kernel'].get('localLegShortcut', d['kernel'].get('local_leg_shortcut', False))") == True ]]; then
+    # Both ends of the live iperf3 streams' local legs sit in the shortcut's sockhash.
+    local legs
+    legs=$(bpftool -j map dump pinned "/sys/fs/bpf/meshtls-topo-$TOPO_ID-node1/maps/local_legs" 2>/dev/null \
+      | /usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0)
+    [[ $legs -ge 2 ]] && pass "the local legs ride the sockmap shortcut ($legs sockets)" || fail "no socket in the shortcut map ($legs)"
+  else
+    echo "note: the local-leg shortcut is off on this kernel ($(uname -r)); its map is not checked"
+  fi
   expect_eq "status: the BPF programs are listed with ids" True \
     "$(json_get "$out/status.json" "len(d.get('bpfPrograms', d.get('bpf_programs', []))) >= 5")"
   expect_eq "connections: the live iperf3 stream is listed with its bytes" True \
@@ -444,7 +453,7 @@ test_lifecycle() {
   # A drain window the VM (TCG, far slower) can also finish a 1 s transfer in.
   printf 'drainTimeout: 6s\n' >"$TOPO_ROOT/drain.yaml"
   TOPO_EXTRA_CONFIG=$TOPO_ROOT/drain.yaml
-  agents || return
+  agents || { fail "the agents did not start"; return; }
   serve n2a 8080
   topo_run n2a iperf3 -s -p 5201 >/dev/null 2>&1 &
   sleep 0.5
@@ -468,7 +477,7 @@ test_lifecycle() {
   [[ $late == refused || $late == reset ]] && pass "once stopped, node 2 accepts no new tunnel ($late)" \
     || fail "a connection went through a stopped agent: $late"
   # A transfer longer than the window is cut at the deadline.
-  topo_start_agent 2 --datapath "$DATAPATH" || return
+  topo_start_agent 2 --datapath "$DATAPATH" || { fail "an agent did not start"; return; }
   topo_run n1a iperf3 -c 10.0.2.2 -p 5201 -t 30 >/dev/null 2>&1 &
   local long=$!
   sleep 1

@@ -131,7 +131,11 @@ EOF
   # The log is appended across restarts: wait for one more "ready" than there was.
   local before
   before=$(grep -c "meshtls-agent ready" "$TOPO_ROOT/agent$n.log" 2>/dev/null || true)
-  "$TOPO_AGENT" --config "$config" "$@" >>"$TOPO_ROOT/agent$n.log" 2>&1 &
+  # Each agent in its own cgroup, as a DaemonSet pod would be: its accepted sockets (which
+  # inherit the listener's cgroup) are then seen by its own sock_ops program only.
+  mkdir -p "$TOPO_CGROUP/agent$n"
+  sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' topo "$TOPO_CGROUP/agent$n" \
+    "$TOPO_AGENT" --config "$config" "$@" >>"$TOPO_ROOT/agent$n.log" 2>&1 &
   TOPO_AGENT_PIDS[$n]=$!
   local i
   for i in $(seq 100); do

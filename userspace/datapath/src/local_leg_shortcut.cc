@@ -149,12 +149,24 @@ absl::StatusOr<size_t> LocalLegShortcut::LegCount() const {
   return count;
 }
 
-absl::StatusOr<std::string> OwnCgroupPath(const std::string& cgroup2_root) {
+absl::StatusOr<std::string> OwnCgroupPath() {
+  std::string mount_point;
+  std::ifstream mounts("/proc/mounts");
+  std::string device, path, type, rest;
+  while (mounts >> device >> path >> type && std::getline(mounts, rest)) {
+    if (type == "cgroup2") {
+      mount_point = path;
+      break;
+    }
+  }
+  if (mount_point.empty()) return absl::NotFoundError("no cgroup2 file system is mounted");
   std::ifstream file("/proc/self/cgroup");
   std::string line;
   while (std::getline(file, line)) {
     // cgroup v2 is the "0::<path>" line (also in a hybrid layout).
-    if (line.rfind("0::", 0) == 0) return cgroup2_root + (line.size() > 3 && line[3] == '/' && line.size() == 4 ? "" : line.substr(3));
+    if (line.rfind("0::", 0) != 0) continue;
+    const std::string relative = line.substr(3);
+    return relative == "/" ? mount_point : mount_point + relative;
   }
   return absl::NotFoundError("no cgroup v2 entry in /proc/self/cgroup");
 }

@@ -18,7 +18,7 @@ namespace meshtls::datapath {
 
 // One attached BPF program, for the status API.
 struct AttachedLink {
-  std::string program_name;  // as the kernel knows it (16 characters at most)
+  std::string program_name;  // e.g. meshtls_connect4
   std::string attach_point;  // cgroup or netns path
   uint32_t program_id = 0;
   uint32_t link_id = 0;

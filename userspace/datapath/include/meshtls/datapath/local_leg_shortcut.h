@@ -40,7 +40,9 @@ class LocalLegShortcut {
   bool leave_attached_ = false;
 };
 
-// The cgroup v2 directory of the calling process (from /proc/self/cgroup, under `cgroup2_root`).
-absl::StatusOr<std::string> OwnCgroupPath(const std::string& cgroup2_root);
+// The cgroup v2 directory of the calling process (from /proc/self/cgroup, under the cgroup2
+// mount point, which is found in /proc/mounts: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+// hybrid layout).
+absl::StatusOr<std::string> OwnCgroupPath();
 
 }  // namespace meshtls::datapath
