@@ -379,11 +379,17 @@ test_inspection() {
   serve n2a 8080
   topo_run n2a iperf3 -s -p 5201 >/dev/null 2>&1 &
   sleep 0.5
-  topo_run n1a iperf3 -c 10.0.2.2 -p 5201 -t 6 >/dev/null 2>&1 &
+  topo_run n1a iperf3 -c 10.0.2.2 -p 5201 -t 8 >/dev/null 2>&1 &
   local iperf=$!
-  sleep 2
   local out=$TOPO_ROOT/ctl
   mkdir -p "$out"
+  # Wait until the stream is up and has moved bytes (a loaded machine starts iperf3 slowly).
+  local i
+  for i in $(seq 50); do
+    ctl 1 -o json connections >"$out/connections.json" 2>/dev/null
+    [[ $(json_get "$out/connections.json" "any(c.get('destinationAddress', c.get('destination_address')) == '10.0.2.2:5201' and int(c.get('bytesSent', c.get('bytes_sent', 0))) > 0 for c in d.get('connections', []))" 2>/dev/null) == True ]] && break
+    sleep 0.1
+  done
   local cmd
   for cmd in status workloads connections certs policy; do
     if ctl 1 -o json "$cmd" >"$out/$cmd.json" 2>"$out/$cmd.err"; then pass "meshtlsctl $cmd -o json"; else fail "meshtlsctl $cmd: $(cat "$out/$cmd.err")"; fi
@@ -476,19 +482,22 @@ test_lifecycle() {
   local late; late=$(send n1a 10.0.2.2 8080 late)
   [[ $late == refused || $late == reset ]] && pass "once stopped, node 2 accepts no new tunnel ($late)" \
     || fail "a connection went through a stopped agent: $late"
-  # A transfer longer than the window is cut at the deadline.
+  # A connection longer than the window is cut at the deadline.
   topo_start_agent 2 --datapath "$DATAPATH" || { fail "an agent did not start"; return; }
-  topo_run n1a iperf3 -c 10.0.2.2 -p 5201 -t 30 >/dev/null 2>&1 &
+  topo_run n2a $NETCHECK serve 7070 --sink >/dev/null 2>&1 &
+  sleep 0.5
+  topo_run n1a $NETCHECK trickle 10.0.2.2 7070 30 >"$TOPO_ROOT/trickle.log" 2>&1 &
   local long=$!
-  sleep 1
+  sleep 1.5
   start=$SECONDS
   kill -TERM "${TOPO_AGENT_PIDS[2]}"
   wait "${TOPO_AGENT_PIDS[2]}" 2>/dev/null
   TOPO_AGENT_PIDS[2]=""
-  [[ $((SECONDS - start)) -le 10 ]] && pass "a long transfer does not hold the agent past drainTimeout" \
+  [[ $((SECONDS - start)) -le 10 ]] && pass "a long connection does not hold the agent past drainTimeout" \
     || fail "exit took $((SECONDS - start)) s"
   expect_contains "the deadline closes what is left" "$TOPO_ROOT/agent2.log" "drain deadline passed: closing"
   wait "$long" 2>/dev/null
+  expect_eq "the cut connection is reset, not ended cleanly" reset "$(tail -1 "$TOPO_ROOT/trickle.log")"
 }
 
 if [[ $test_name == all ]]; then

@@ -4,7 +4,11 @@
   netcheck.py serve PORT [--reply TEXT] [--count N]   echo server: answers REPLY + what it got
   netcheck.py send HOST PORT TEXT [--timeout S]       prints the answer; exit 0 ok,
                                                       3 refused, 4 reset, 5 timeout, 6 closed empty
+  netcheck.py serve PORT --sink                       reads to EOF, answers "got N"
+  netcheck.py trickle HOST PORT SECONDS               one byte every 0.1 s for SECONDS, then EOF;
+                                                      prints the answer; exit codes as send
 """
+import time
 import socket, sys, argparse
 
 def serve(args):
@@ -17,7 +21,18 @@ def serve(args):
     while args.count == 0 or served < args.count:
         c, _ = s.accept()
         try:
-            c.settimeout(10)
+            c.settimeout(60)
+            if args.sink:
+                total = 0
+                while True:
+                    chunk = c.recv(65536)
+                    if not chunk:
+                        break
+                    total += len(chunk)
+                c.sendall(f"got {total}".encode())
+                c.close()
+                served += 1
+                continue
             data = c.recv(65536)
             c.sendall(args.reply.encode() + b":" + data)
             c.shutdown(socket.SHUT_WR)
@@ -38,7 +53,13 @@ def send(args):
     except (socket.timeout, TimeoutError):
         print("timeout"); return 5
     try:
-        c.sendall(args.text.encode())
+        if args.cmd == "trickle":
+            end = time.time() + args.seconds
+            while time.time() < end:
+                c.sendall(b"x")
+                time.sleep(0.1)
+        else:
+            c.sendall(args.text.encode())
         c.shutdown(socket.SHUT_WR)
         out = b""
         while True:
@@ -59,7 +80,8 @@ def send(args):
 
 p = argparse.ArgumentParser()
 sub = p.add_subparsers(dest="cmd", required=True)
-a = sub.add_parser("serve"); a.add_argument("port", type=int); a.add_argument("--reply", default="pong"); a.add_argument("--count", type=int, default=0)
+a = sub.add_parser("serve"); a.add_argument("port", type=int); a.add_argument("--reply", default="pong"); a.add_argument("--count", type=int, default=0); a.add_argument("--sink", action="store_true")
 b = sub.add_parser("send"); b.add_argument("host"); b.add_argument("port", type=int); b.add_argument("text"); b.add_argument("--timeout", type=float, default=5)
+t = sub.add_parser("trickle"); t.add_argument("host"); t.add_argument("port", type=int); t.add_argument("seconds", type=float); t.add_argument("--timeout", type=float, default=60)
 args = p.parse_args()
 sys.exit(serve(args) if args.cmd == "serve" else send(args))

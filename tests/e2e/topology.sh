@@ -124,7 +124,14 @@ ports:
   metrics: $(topo_metrics_port "$n")
   readiness: $(( $(topo_metrics_port "$n") + 1 ))
 EOF
-  [[ -n ${TOPO_EXTRA_CONFIG:-} ]] && cat "$TOPO_EXTRA_CONFIG" >>"$config"
+  if [[ -n ${TOPO_EXTRA_CONFIG:-} ]]; then
+    # A key the extra file sets replaces the default above (the agent rejects duplicate keys).
+    local key
+    for key in $(grep -o '^[A-Za-z]*:' "$TOPO_EXTRA_CONFIG"); do
+      sed -i "/^${key}/d" "$config"
+    done
+    cat "$TOPO_EXTRA_CONFIG" >>"$config"
+  fi
   # Both nodes share one CA (made once with `meshtlsctl ca init`), as one cluster would.
   mkdir -p "$TOPO_ROOT/state$n"
   [[ -e $TOPO_ROOT/state$n/ca ]] || ln -s "$TOPO_ROOT/ca" "$TOPO_ROOT/state$n/ca"
