@@ -6,6 +6,8 @@
 #   make unit        the unprivileged unit suite only (a quick local loop; CI always runs make test)
 #   make bench-tls   handshake and relay benchmarks -> tests/bench/results/tls.{json,md}
 #   make bench-identity  SVID issuance rate and memory -> tests/bench/results/identity.{json,md}
+#   make bench-steering  app -> agent local leg: direct vs steered relay vs sockmap shortcut (root)
+#                    -> tests/bench/results/steering.{json,md}
 #   make demo        the main job on an embedded default (see README)
 BUILD       ?= build
 FUZZ_BUILD  ?= build-fuzz
@@ -15,7 +17,7 @@ SANITIZE    ?=
 JOBS        ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test unit privileged vm fuzz sanitize bench-tls bench-identity demo format lint clean
+.PHONY: all deps configure build test unit privileged vm fuzz sanitize bench-tls bench-identity bench-steering demo format lint clean
 
 all: build
 
@@ -63,6 +65,9 @@ bench-tls: build
 
 bench-identity: build
 	tests/bench/run-bench-identity.sh $(BUILD)
+
+bench-steering: build
+	tests/bench/run-bench-steering.sh $(BUILD)
 
 demo: build
 	tools/demo.sh $(BUILD)

@@ -3,7 +3,6 @@
 // with one event loop per core. See docs/config.md for every setting.
 #include <signal.h>
 #include <sys/signalfd.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -245,20 +244,20 @@ class Agent {
     return report;
   }
 
-  // `auto` follows `make bench-steering` (tests/bench/results/steering.md): on where the shortcut
-  // was measured faster on a real CPU (6.18 here: 1.17x the relay's throughput, p50 RTT 35 -> 30
-  // us), off on older kernels: 6.1 can return EAGAIN from an application's *blocking* recv() on a
-  // sockmap socket, and 6.12 was only run under TCG, where speed means nothing.
+  // `auto` is off on every kernel for now. `make bench-steering` measured the shortcut faster on
+  // this host (6.18: 1.17x the relay's throughput, p50 RTT 35 -> 30 us), but it also caught
+  // an application's *blocking* recv() returning EAGAIN on a sockmap socket (6.1, and once on
+  // 7.3): a behaviour change applications would see. `on` opts in (ARCHITECTURE.md).
   bool ShortcutWanted() const {
-    if (config_.local_leg_shortcut == LocalLegShortcut::kOn) return true;
-    if (config_.local_leg_shortcut == LocalLegShortcut::kOff) return false;
-    utsname uts{};
-    int major = 0, minor = 0;
-    if (uname(&uts) != 0 || std::sscanf(uts.release, "%d.%d", &major, &minor) != 2) return false;
-    const bool measured_faster = major > 6 || (major == 6 && minor >= 18);
-    spdlog::info("local-leg shortcut {} (localLegShortcut: auto, kernel {}: {})", measured_faster ? "on" : "off",
-                 uts.release, measured_faster ? "measured faster than the plain leg" : "not measured faster here");
-    return measured_faster;
+    if (config_.local_leg_shortcut == LocalLegShortcut::kOn) {
+      spdlog::warn("local-leg shortcut on (localLegShortcut: on): applications' blocking recv() may see a "
+                   "spurious EAGAIN on some kernels (ARCHITECTURE.md)");
+      return true;
+    }
+    if (config_.local_leg_shortcut == LocalLegShortcut::kAuto) {
+      spdlog::info("local-leg shortcut off (localLegShortcut: auto; see ARCHITECTURE.md, \"Is the shortcut worth it?\")");
+    }
+    return false;
   }
 
   void ScheduleSvidTick() {

@@ -375,6 +375,9 @@ PY
 
 test_inspection() {
   setup; mesh_mode STRICT
+  # With the local-leg shortcut on (it is opt-in), so the agent's recv() path is covered too.
+  printf 'localLegShortcut: on\n' >"$TOPO_ROOT/shortcut.yaml"
+  TOPO_EXTRA_CONFIG=$TOPO_ROOT/shortcut.yaml
   agents || { fail "the agents did not start"; return; }
   serve n2a 8080
   topo_run n2a iperf3 -s -p 5201 >/dev/null 2>&1 &
