@@ -245,9 +245,10 @@ class Agent {
   }
 
   // `auto` is off on every kernel for now. `make bench-steering` measured the shortcut faster on
-  // this host (6.18: 1.17x the relay's throughput, p50 RTT 35 -> 30 us), but it also caught
-  // an application's *blocking* recv() returning EAGAIN on a sockmap socket (6.1, and once on
-  // 7.3): a behaviour change applications would see. `on` opts in (ARCHITECTURE.md).
+  // this host (6.18: 1.2-1.4x the relay's throughput, lower p50 RTT), but it also caught an
+  // application's *blocking* recv() returning EAGAIN on a sockmap socket after a half-close, on
+  // every kernel tried: a behaviour change applications would see. `on` opts in
+  // (ARCHITECTURE.md).
   bool ShortcutWanted() const {
     if (config_.local_leg_shortcut == LocalLegShortcut::kOn) {
       spdlog::warn("local-leg shortcut on (localLegShortcut: on): applications' blocking recv() may see a "
