@@ -380,18 +380,19 @@ test_inspection() {
   TOPO_EXTRA_CONFIG=$TOPO_ROOT/shortcut.yaml
   agents || { fail "the agents did not start"; return; }
   serve n2a 8080
-  topo_run n2a iperf3 -s -p 5201 >/dev/null 2>&1 &
+  # A live connection to look at: a byte every 0.1 s for 20 s (iperf3 starts slowly under TCG
+  # and ends its own streams with resets).
+  topo_run n2a $NETCHECK serve 5201 --sink >/dev/null 2>&1 &
   sleep 0.5
-  topo_run n1a iperf3 -c 10.0.2.2 -p 5201 -t 8 >/dev/null 2>&1 &
+  topo_run n1a $NETCHECK trickle 10.0.2.2 5201 20 >/dev/null 2>&1 &
   local iperf=$!
   local out=$TOPO_ROOT/ctl
   mkdir -p "$out"
-  # Wait until the stream is up and has moved bytes (a loaded machine starts iperf3 slowly).
-  local i
-  for i in $(seq 50); do
+  local deadline=$((SECONDS + 15))
+  while [[ $SECONDS -lt $deadline ]]; do
     ctl 1 -o json connections >"$out/connections.json" 2>/dev/null
     [[ $(json_get "$out/connections.json" "any(c.get('destinationAddress', c.get('destination_address')) == '10.0.2.2:5201' and int(c.get('bytesSent', c.get('bytes_sent', 0))) > 0 for c in d.get('connections', []))" 2>/dev/null) == True ]] && break
-    sleep 0.1
+    sleep 0.2
   done
   local cmd
   for cmd in status workloads connections certs policy; do
@@ -401,7 +402,7 @@ test_inspection() {
   expect_eq "status: served workloads" "['default/n1a', 'default/n1b']" \
     "$(json_get "$out/status.json" "sorted(d.get('servedWorkloads', d.get('served_workloads', [])))")"
   if [[ $(json_get "$out/status.json" "d['kernel'].get('localLegShortcut', d['kernel'].get('local_leg_shortcut', False))") == True ]]; then
-    # Both ends of the live iperf3 streams' local legs sit in the shortcut's sockhash.
+    # Both ends of the live connection's local leg sit in the shortcut's sockhash.
     local legs
     legs=$(bpftool -j map dump pinned "/sys/fs/bpf/meshtls-topo-$TOPO_ID-node1/maps/local_legs" 2>/dev/null \
       | /usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0)
@@ -411,7 +412,7 @@ test_inspection() {
   fi
   expect_eq "status: the BPF programs are listed with ids" True \
     "$(json_get "$out/status.json" "len(d.get('bpfPrograms', d.get('bpf_programs', []))) >= 5")"
-  expect_eq "connections: the live iperf3 stream is listed with its bytes" True \
+  expect_eq "connections: the live connection is listed with its bytes" True \
     "$(json_get "$out/connections.json" "any(c.get('destinationAddress', c.get('destination_address')) == '10.0.2.2:5201' and int(c.get('bytesSent', c.get('bytes_sent', 0))) > 0 for c in d.get('connections', []))")"
   expect_eq "certs: the sleep SVID is there" True \
     "$(json_get "$out/certs.json" "any(c.get('spiffeId', c.get('spiffe_id')) == 'spiffe://cluster.local/ns/default/sa/sleep' for c in d.get('certificates', []))")"
@@ -432,7 +433,15 @@ test_inspection() {
   send n1a 10.0.2.2 8080 tapped >/dev/null
   wait "$tap" 2>/dev/null
   grep -qi "handshake" "$out/tap.txt" && pass "tap streams the handshake" || fail "tap saw no handshake: $(head -5 "$out/tap.txt")"
-  wait "$iperf"
+  # End the live connection and wait until the agent has closed it, so that the counters below
+  # see only the five connections made for them.
+  kill "$iperf" 2>/dev/null
+  wait "$iperf" 2>/dev/null
+  deadline=$((SECONDS + 15))
+  while [[ $SECONDS -lt $deadline ]]; do
+    [[ $(ctl 1 -o json connections 2>/dev/null | grep -c '10.0.2.2:5201') -eq 0 ]] && break
+    sleep 0.2
+  done
   # The socket is root's only.
   expect_eq "the status socket is mode 0600" 600 "$(stat -c %a "$TOPO_ROOT/status1.sock")"
   local denied
@@ -470,14 +479,22 @@ test_lifecycle() {
   sleep 0.3
   expect_contains "SIGHUP reloads policies and workloads" "$TOPO_ROOT/agent1.log" "SIGHUP: reloading policies and workloads"
   expect_eq "traffic flows after the reload" "n2a:hup" "$(send n1a 10.0.2.2 8080 hup)"
-  # A transfer that ends within the drain window finishes untouched.
-  topo_run n1a iperf3 -c 10.0.2.2 -p 5201 -t 1 >/dev/null 2>&1 &
+  # A connection that ends within the drain window finishes untouched.
+  topo_run n2a $NETCHECK serve 7071 --sink >/dev/null 2>&1 &
+  sleep 0.5
+  topo_run n1a $NETCHECK trickle 10.0.2.2 7071 2 >"$TOPO_ROOT/short.log" 2>&1 &
   local short=$!
-  sleep 0.3
+  local deadline=$((SECONDS + 15))
+  while [[ $SECONDS -lt $deadline ]]; do
+    [[ $("$CTL" --socket "$TOPO_ROOT/status2.sock" -o json connections 2>/dev/null | grep -c '10.0.2.2:7071') -gt 0 ]] && break
+    sleep 0.2
+  done
   local start=$SECONDS
   kill -TERM "${TOPO_AGENT_PIDS[2]}"
   wait "$short"; local rc=$?
   expect_eq "a connection that ends within drainTimeout finishes after SIGTERM" 0 "$rc"
+  local answer; answer=$(tail -1 "$TOPO_ROOT/short.log")
+  [[ $answer =~ ^got\ [1-9][0-9]*$ ]] && pass "and it ended cleanly, answered by the server ($answer)" || fail "the short connection ended with: $answer"
   wait "${TOPO_AGENT_PIDS[2]}" 2>/dev/null
   TOPO_AGENT_PIDS[2]=""
   expect_contains "the agent drained and stopped" "$TOPO_ROOT/agent2.log" "drained"
