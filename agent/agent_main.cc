@@ -29,6 +29,7 @@
 #include "meshtls/tls/connection_registry.h"
 #include "meshtls/tls/identity_contexts.h"
 #include "meshtls/tls/relay.h"
+#include "meshtls/workload/kubernetes.h"
 #include "meshtls/workload/registry.h"
 #include "meshtls/inspect/event_bus.h"
 #include "meshtls/inspect/status_server.h"
@@ -58,8 +59,12 @@ class Agent {
     ASSIGN_OR_RETURN(control_, EventLoop::Create());
 
     // Identity: the embedded CA under the state dir (made once, 0600), SVIDs in memory only.
-    const std::string ca_dir = config_.state_dir + "/ca";
-    ASSIGN_OR_RETURN(ca_, identity::CertificateAuthority::LoadOrInit(ca_dir, config_.trust_domain));
+    // An explicit caDir is a CA shared by several nodes (a Secret made with `meshtlsctl ca init`):
+    // it must exist, since a fresh per-node CA there would split the mesh's trust silently.
+    const std::string ca_dir = config_.ca_dir.empty() ? config_.state_dir + "/ca" : config_.ca_dir;
+    ASSIGN_OR_RETURN(ca_, config_.ca_dir.empty()
+                              ? identity::CertificateAuthority::LoadOrInit(ca_dir, config_.trust_domain)
+                              : identity::CertificateAuthority::Load(ca_dir));
     if (ca_->trust_domain() != config_.trust_domain) {
       return absl::FailedPreconditionError(StrCat("the CA in ", ca_dir, " is for trust domain '", ca_->trust_domain(),
                                                   "' but trustDomain is '", config_.trust_domain, "'"));
@@ -99,8 +104,7 @@ class Agent {
                                       if (proxy_) proxy_->OnPolicyChange();
                                     }));
     for (const std::string& warning : policies_->Current()->warnings()) spdlog::warn("policy: {}", warning);
-    ASSIGN_OR_RETURN(workloads_, workload::WorkloadRegistry::Create(
-                                     std::make_unique<workload::StaticWorkloadFile>(config_.workloads)));
+    RETURN_IF_ERROR(CreateWorkloadRegistry());
 
     RETURN_IF_ERROR(StartBpf());
 
@@ -135,23 +139,15 @@ class Agent {
     }
     if (steering_) steering_->PruneStaleLinks();
     if (shortcut_) shortcut_->PruneStaleLinks();
-    ASSIGN_OR_RETURN(workload_watcher_,
-                     workload::WatchWorkloadFile(*control_, *workloads_, config_.workloads,
-                                                 [this](const absl::StatusOr<workload::WorkloadDiff>& diff) {
-                                                   if (!diff.ok()) {
-                                                     spdlog::error("workloads reload rejected, keeping the last good set: {}",
-                                                                   diff.status().message());
-                                                     observer_->Publish(v1::EVENT_KIND_RELOAD, "", "", "error", "workloads",
-                                                                        std::string(diff.status().message()));
-                                                     return;
-                                                   }
-                                                   observer_->Publish(v1::EVENT_KIND_RELOAD, "", "", "ok", "workloads",
-                                                                      StrCat("+", diff->added.size(), " -", diff->removed.size(),
-                                                                             " ~", diff->changed.size()));
-                                                   spdlog::info("workloads reloaded: +{} -{} ~{}", diff->added.size(),
-                                                                diff->removed.size(), diff->changed.size());
-                                                   (void)proxy_->Reconcile(workloads_->Current());
-                                                 }));
+    if (kube_source_ == nullptr) {
+      ASSIGN_OR_RETURN(workload_watcher_,
+                       workload::WatchWorkloadFile(*control_, *workloads_, config_.workloads,
+                                                   [this](const absl::StatusOr<workload::WorkloadDiff>& diff) {
+                                                     OnWorkloadsReloaded(diff);
+                                                   }));
+    } else {
+      SchedulePlacementRetry();
+    }
     ScheduleSvidTick();
     RETURN_IF_ERROR(WatchSignals());
     RETURN_IF_ERROR(StartInspection());
@@ -340,7 +336,69 @@ class Agent {
     control_->AddTimer(EventLoop::Clock::now() + std::chrono::milliseconds(50), [this] { CheckDrained(); });
   }
 
+  // The static file (watched with inotify) or the Kubernetes API (list + watch).
+  absl::Status CreateWorkloadRegistry() {
+    if (config_.workload_source == WorkloadSourceKind::kFile) {
+      ASSIGN_OR_RETURN(workloads_, workload::WorkloadRegistry::Create(
+                                       std::make_unique<workload::StaticWorkloadFile>(config_.workloads)));
+      return absl::OkStatus();
+    }
+    workload::KubernetesSourceOptions options;
+    if (config_.kubernetes.kubeconfig.empty()) {
+      ASSIGN_OR_RETURN(options.api, workload::KubeApiConfig::InCluster());
+    } else {
+      ASSIGN_OR_RETURN(options.api, workload::KubeApiConfig::FromKubeconfig(config_.kubernetes.kubeconfig));
+    }
+    options.node_name = config_.node_name;
+    options.selection.label = config_.kubernetes.mesh_label;
+    options.remote_pods = config_.kubernetes.remote_pods;
+    // Pods are looked for where the connect hooks attach: a pod outside cgroupRoot could not be
+    // steered anyway.
+    options.locator.cgroup_root = config_.cgroup_root;
+    // Watch events come in bursts (a rollout is dozens of MODIFIED events): one reload per 100 ms.
+    options.on_change = [this] {
+      if (kube_reload_pending_.exchange(true)) return;
+      control_->Post([this] {
+        control_->AddTimer(EventLoop::Clock::now() + std::chrono::milliseconds(100), [this] {
+          kube_reload_pending_ = false;
+          if (workloads_) OnWorkloadsReloaded(workloads_->Reload());
+        });
+      });
+    };
+    spdlog::info("workloads from the Kubernetes API at {}, node {}", options.api.Describe(), options.node_name);
+    ASSIGN_OR_RETURN(std::unique_ptr<workload::KubernetesWorkloadSource> source,
+                     workload::KubernetesWorkloadSource::Create(std::move(options)));
+    RETURN_IF_ERROR(source->WaitForSync(std::chrono::seconds(60)));
+    kube_source_ = source.get();
+    ASSIGN_OR_RETURN(workloads_, workload::WorkloadRegistry::Create(std::move(source)));
+    return absl::OkStatus();
+  }
+
+  void OnWorkloadsReloaded(const absl::StatusOr<workload::WorkloadDiff>& diff) {
+    if (!diff.ok()) {
+      spdlog::error("workloads reload rejected, keeping the last good set: {}", diff.status().message());
+      observer_->Publish(v1::EVENT_KIND_RELOAD, "", "", "error", "workloads", std::string(diff.status().message()));
+      return;
+    }
+    // Pod churn outside the mesh wakes the Kubernetes source too; only real changes are news.
+    if (diff->empty() && kube_source_ != nullptr) return;
+    observer_->Publish(v1::EVENT_KIND_RELOAD, "", "", "ok", "workloads",
+                       StrCat("+", diff->added.size(), " -", diff->removed.size(), " ~", diff->changed.size()));
+    spdlog::info("workloads reloaded: +{} -{} ~{}", diff->added.size(), diff->removed.size(), diff->changed.size());
+    if (proxy_) (void)proxy_->Reconcile(workloads_->Current());
+  }
+
+  // A pod on this node shows up in the API before its sandbox runs; look for it again until it does.
+  void SchedulePlacementRetry() {
+    control_->AddTimer(EventLoop::Clock::now() + std::chrono::seconds(2), [this] {
+      if (kube_source_ == nullptr) return;
+      if (kube_source_->unplaced_local_pods() > 0) OnWorkloadsReloaded(workloads_->Reload());
+      SchedulePlacementRetry();
+    });
+  }
+
   void Shutdown() {
+    if (kube_source_ != nullptr) kube_source_->Stop();
     if (status_server_) status_server_->Shutdown();
     status_server_.reset();
     metrics_server_.reset();
@@ -367,6 +425,8 @@ class Agent {
   std::unique_ptr<policy::PolicyStore> policies_;
   std::unique_ptr<workload::WorkloadRegistry> workloads_;
   std::unique_ptr<FileWatcher> workload_watcher_;
+  workload::KubernetesWorkloadSource* kube_source_ = nullptr;  // owned by workloads_, when the source is Kubernetes
+  std::atomic<bool> kube_reload_pending_{false};
   std::unique_ptr<datapath::CgroupSteering> steering_;
   std::unique_ptr<datapath::InboundCapture> capture_;
   std::unique_ptr<datapath::LocalLegShortcut> shortcut_;

@@ -9,7 +9,7 @@ packages=(
   # libraries
   libssl-dev libabsl-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
   libbpf-dev bpftool libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libcli11-dev libyaml-cpp-dev nlohmann-json3-dev libcap-dev prometheus-cpp-dev
+  libcli11-dev libyaml-cpp-dev nlohmann-json3-dev libcap-dev prometheus-cpp-dev libcurl4-openssl-dev
   python3-grpcio python3-protobuf
   # tests, VM harness and benchmarks
   iproute2 iperf3 tshark tcpdump openssl qemu-system-x86 busybox-static xz-utils procps prometheus
@@ -20,6 +20,10 @@ for p in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
   [ "$status" = installed ] || missing+=("$p")
 done
+# Tools checked by command rather than package, since they may come from elsewhere (a newer kubectl,
+# NodeSource's nodejs): tests/deploy/validate.sh renders deploy/ with kubectl and checks it with node.
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+{ command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; } || missing+=(nodejs npm)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

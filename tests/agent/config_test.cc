@@ -305,6 +305,9 @@ TEST(AgentConfigTest, DumpConfigRoundTrips) {
   c.handshake_timeout = nanoseconds(1);
   c.svid_ttl = hours(1) + minutes(30);
   c.access_log = "off";
+  c.workload_source = WorkloadSourceKind::kKubernetes;
+  c.kubernetes = KubernetesSettings{"/etc/kube/config", "example.com/mesh", false};
+  c.ca_dir = "/etc/meshtls/ca";
   for (const AgentConfig& config : {Base(), c}) {
     const std::string dumped = DumpConfig(config);
     auto parsed = ParseConfig(dumped, "dump", AgentConfig());
@@ -316,6 +319,29 @@ TEST(AgentConfigTest, DumpConfigRoundTrips) {
   EXPECT_CONTAINS(dumped, "svidTtl: 1h30m\n");
   EXPECT_CONTAINS(dumped, "  inboundCapture: 1002\n");
   EXPECT_CONTAINS(dumped, "leaveBpfAttachedOnExit: false\n");
+}
+
+TEST(AgentConfigTest, KubernetesSourceAndSharedCa) {
+  auto parsed = ParseConfig("workloadSource: kubernetes\nkubernetes:\n  meshLabel: example.com/mesh\n"
+                            "  remotePods: false\ncaDir: /etc/meshtls/ca\n",
+                            "agent.yaml", AgentConfig());
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->workload_source, WorkloadSourceKind::kKubernetes);
+  EXPECT_EQ(parsed->kubernetes.mesh_label, "example.com/mesh");
+  EXPECT_FALSE(parsed->kubernetes.remote_pods);
+  EXPECT_TRUE(parsed->kubernetes.kubeconfig.empty()) << "empty means in-cluster";
+  EXPECT_EQ(parsed->ca_dir, "/etc/meshtls/ca");
+  EXPECT_EQ(AgentConfig().workload_source, WorkloadSourceKind::kFile);
+  EXPECT_TRUE(AgentConfig().ca_dir.empty());
+
+  EXPECT_CONTAINS(ErrorOf("workloadSource: k8s\n"), "agent.yaml:1: workloadSource: 'k8s' is not one of");
+  EXPECT_CONTAINS(ErrorOf("kubernetes:\n  meshLabel: 'bad label'\n"),
+                  "agent.yaml:2: kubernetes.meshLabel 'bad label' is not a Kubernetes label key");
+  EXPECT_CONTAINS(ErrorOf("kubernetes:\n  kubeConfig: /x\n"),
+                  "agent.yaml:2: unknown key 'kubeConfig' under kubernetes (did you mean 'kubeconfig'?)");
+  EXPECT_CONTAINS(ErrorOf("kubernetes:\n  kubeconfig: relative/config\n"), "agent.yaml:2: kubernetes.kubeconfig");
+  EXPECT_CONTAINS(ErrorOf("caDir: ca\n"), "agent.yaml:1: caDir");
+  EXPECT_CONTAINS(ErrorOf("kubernetes: [a]\n"), "agent.yaml:1: kubernetes must be a map");
 }
 
 class FlagsTest : public ::testing::Test {

@@ -64,8 +64,15 @@ constexpr std::array<std::pair<LocalLegShortcut, std::string_view>, 3> kShortcut
      {LocalLegShortcut::kOn, "on"},
      {LocalLegShortcut::kOff, "off"}}};
 
+constexpr std::array<std::pair<WorkloadSourceKind, std::string_view>, 2> kWorkloadSources = {
+    {{WorkloadSourceKind::kFile, "file"}, {WorkloadSourceKind::kKubernetes, "kubernetes"}}};
+
 }  // namespace
 
+std::string_view Name(WorkloadSourceKind source) { return NameOf(source, kWorkloadSources); }
+absl::StatusOr<WorkloadSourceKind> ParseWorkloadSourceKind(std::string_view name) {
+  return ParseName(name, kWorkloadSources);
+}
 std::string_view Name(LogLevel level) { return NameOf(level, kLogLevels); }
 std::string_view Name(DatapathChoice datapath) { return NameOf(datapath, kDatapaths); }
 std::string_view Name(LocalLegShortcut shortcut) { return NameOf(shortcut, kShortcuts); }
@@ -392,12 +399,43 @@ void ReadPorts(Errors& errors, const Entry& e, Ports* ports,
   }
 }
 
+void ReadKubernetes(Errors& errors, const Entry& e, KubernetesSettings* out) {
+  if (e.value.IsNull()) return;
+  if (!e.value.IsMap()) {
+    errors.Add(e.line, StrCat("kubernetes must be a map, not ", Describe(e.value)),
+               "e.g. kubernetes: {meshLabel: meshtls.io/mode}");
+    return;
+  }
+  const std::vector<std::string_view> known = {"kubeconfig", "meshLabel", "remotePods"};
+  for (const Entry& k : Entries(errors, e.value, "kubernetes.")) {
+    const std::string_view bare = std::string_view(k.key).substr(11);
+    if (bare == "kubeconfig") {
+      ReadString(errors, k, &out->kubeconfig, "/etc/kubernetes/kubeconfig", [&](std::string_view v) {
+        return v.empty() ? Check() : AbsolutePath(k.key, v, "/etc/kubernetes/kubeconfig");
+      });
+    } else if (bare == "meshLabel") {
+      ReadString(errors, k, &out->mesh_label, "meshtls.io/mode", [](std::string_view v) -> Check {
+        if (workload::IsLabelKey(v)) return Check();
+        return Problem{StrCat("kubernetes.meshLabel '", v, "' is not a Kubernetes label key"),
+                       "e.g. meshtls.io/mode"};
+      });
+    } else if (bare == "remotePods") {
+      ReadBool(errors, k, &out->remote_pods);
+    } else {
+      UnknownKey(errors, k, bare, known, " under kubernetes");
+    }
+  }
+}
+
 const std::vector<std::string_view> kTopLevelKeys = {"nodeName",
                                                      "trustDomain",
                                                      "stateDir",
                                                      "policyDir",
                                                      "rootNamespace",
                                                      "workloads",
+                                                     "workloadSource",
+                                                     "kubernetes",
+                                                     "caDir",
                                                      "logLevel",
                                                      "datapath",
                                                      "localLegShortcut",
@@ -452,6 +490,12 @@ absl::StatusOr<AgentConfig> ParseConfig(std::string_view yaml, std::string_view 
       ReadString(errors, e, &config.root_namespace, "istio-system", CheckRootNamespace);
     } else if (k == "workloads") {
       ReadPath(errors, e, &config.workloads, "/etc/meshtls/workloads.yaml");
+    } else if (k == "workloadSource") {
+      ReadEnum(errors, e, &config.workload_source, ParseWorkloadSourceKind);
+    } else if (k == "kubernetes") {
+      ReadKubernetes(errors, e, &config.kubernetes);
+    } else if (k == "caDir") {
+      ReadPath(errors, e, &config.ca_dir, "/etc/meshtls/ca");
     } else if (k == "logLevel") {
       ReadEnum(errors, e, &config.log_level, ParseLogLevel);
     } else if (k == "datapath") {
@@ -551,6 +595,10 @@ absl::Status Validate(const AgentConfig& c) {
   add(AbsolutePath("policyDir", c.policy_dir, "/etc/meshtls/policies"));
   add(CheckRootNamespace(c.root_namespace));
   add(AbsolutePath("workloads", c.workloads, "/etc/meshtls/workloads.yaml"));
+  if (!c.ca_dir.empty()) add(AbsolutePath("caDir", c.ca_dir, "/etc/meshtls/ca"));
+  if (!c.kubernetes.kubeconfig.empty()) {
+    add(AbsolutePath("kubernetes.kubeconfig", c.kubernetes.kubeconfig, "/etc/kubernetes/kubeconfig"));
+  }
   add(AbsolutePath("statusSocket", c.status_socket, "/run/meshtls/status.sock"));
   add(AbsolutePath("cgroupRoot", c.cgroup_root, "/sys/fs/cgroup/unified"));
   add(AbsolutePath("bpfPinDir", c.bpf_pin_dir, "/sys/fs/bpf/meshtls"));
@@ -591,6 +639,13 @@ std::string DumpConfig(const AgentConfig& c) {
   out << YAML::Key << "policyDir" << YAML::Value << c.policy_dir;
   out << YAML::Key << "rootNamespace" << YAML::Value << c.root_namespace;
   out << YAML::Key << "workloads" << YAML::Value << c.workloads;
+  out << YAML::Key << "workloadSource" << YAML::Value << std::string(Name(c.workload_source));
+  out << YAML::Key << "kubernetes" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "kubeconfig" << YAML::Value << c.kubernetes.kubeconfig;
+  out << YAML::Key << "meshLabel" << YAML::Value << c.kubernetes.mesh_label;
+  out << YAML::Key << "remotePods" << YAML::Value << c.kubernetes.remote_pods;
+  out << YAML::EndMap;
+  if (!c.ca_dir.empty()) out << YAML::Key << "caDir" << YAML::Value << c.ca_dir;  // empty: <stateDir>/ca
   out << YAML::Key << "logLevel" << YAML::Value << std::string(Name(c.log_level));
   out << YAML::Key << "datapath" << YAML::Value << std::string(Name(c.datapath));
   out << YAML::Key << "localLegShortcut" << YAML::Value << std::string(Name(c.local_leg_shortcut));

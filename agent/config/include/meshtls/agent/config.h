@@ -25,14 +25,18 @@ enum class DatapathChoice { kAuto, kKtlsSplice, kUserspaceTls };
 // The sockmap shortcut between an app and the agent on the plaintext local leg; kAuto enables it
 // where the start-up self-test passes.
 enum class LocalLegShortcut { kAuto, kOn, kOff };
+// Where the workload registry's pods come from.
+enum class WorkloadSourceKind { kFile, kKubernetes };
 
 // The names used in the file, on the command line and by ConfigureLogging().
 std::string_view Name(LogLevel level);
 std::string_view Name(DatapathChoice datapath);
 std::string_view Name(LocalLegShortcut shortcut);
+std::string_view Name(WorkloadSourceKind source);
 absl::StatusOr<LogLevel> ParseLogLevel(std::string_view name);
 absl::StatusOr<DatapathChoice> ParseDatapathChoice(std::string_view name);
 absl::StatusOr<LocalLegShortcut> ParseLocalLegShortcut(std::string_view name);
+absl::StatusOr<WorkloadSourceKind> ParseWorkloadSourceKind(std::string_view name);
 
 inline constexpr std::string_view kDefaultConfigPath = "/etc/meshtls/agent.yaml";
 
@@ -45,6 +49,13 @@ struct Ports {
   bool operator==(const Ports&) const = default;
 };
 
+struct KubernetesSettings {
+  std::string kubeconfig;                   // empty: the pod's service account (in-cluster)
+  std::string mesh_label = "meshtls.io/mode";  // namespaces (and pods) with value "enabled" are meshed
+  bool remote_pods = true;                  // also watch pods on other nodes (their identities)
+  bool operator==(const KubernetesSettings&) const = default;
+};
+
 struct AgentConfig {
   std::string node_name;  // Defaults(): $NODE_NAME, else the lowercased hostname
   std::string trust_domain = "cluster.local";
@@ -52,6 +63,9 @@ struct AgentConfig {
   std::string policy_dir = "/etc/meshtls/policies";
   std::string root_namespace = "istio-system";  // policies here apply mesh-wide, as in Istio
   std::string workloads = "/etc/meshtls/workloads.yaml";
+  WorkloadSourceKind workload_source = WorkloadSourceKind::kFile;
+  KubernetesSettings kubernetes;
+  std::string ca_dir;  // empty: <state_dir>/ca, made on first start
   LogLevel log_level = LogLevel::kInfo;
   DatapathChoice datapath = DatapathChoice::kAuto;
   LocalLegShortcut local_leg_shortcut = LocalLegShortcut::kAuto;
