@@ -36,6 +36,7 @@ setup() {
   "$CTL" ca init --dir "$TOPO_ROOT/ca" --trust-domain cluster.local >/dev/null
 }
 teardown() {
+  [[ -n ${KUBE_API_PID:-} ]] && kill "$KUBE_API_PID" 2>/dev/null
   if [[ $failures -gt 0 ]]; then
     for f in "$TOPO_ROOT"/agent*.log "$TOPO_ROOT"/access-*.log; do
       [[ -f $f ]] && { echo "--- $f"; tail -25 "$f"; }
@@ -340,6 +341,98 @@ PY
   expect_eq "and the last good registry stays" "n2b:still" "$(send n1a 10.0.2.3 8080 still)"
 }
 
+# A stand-in Kubernetes API server (fake_kube_api.py) serving the given topology pods, and an
+# extra agent config that makes the agents read their pods from it.
+kube_pod_json() {  # POD
+  printf '{"name":"%s","namespace":"%s","uid":"%s","serviceAccount":"%s","node":"node%s","ip":"%s","labels":{"app":"%s"}}' \
+    "$1" "${TOPO_NS[$1]}" "${TOPO_UID[$1]}" "${TOPO_SA[$1]}" "${TOPO_NODE[$1]}" "${TOPO_IP[$1]}" "${TOPO_SA[$1]}"
+}
+kube_api_start() {  # PODS...
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=kube-apiserver \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$TOPO_ROOT/kube.key" -out "$TOPO_ROOT/kube.crt" 2>/dev/null
+  local pods=() pod
+  for pod in "$@"; do pods+=("$(kube_pod_json "$pod")"); done
+  local joined
+  joined=$(IFS=,; echo "${pods[*]}")
+  printf '{"namespaces":{"default":{"meshtls.io/mode":"enabled"},"other":{"meshtls.io/mode":"enabled"},"kube-system":{}},"pods":[%s]}\n' \
+    "$joined" >"$TOPO_ROOT/kube-state.json"
+  /usr/bin/python3 "$here/fake_kube_api.py" --cert "$TOPO_ROOT/kube.crt" --key "$TOPO_ROOT/kube.key" --token e2e-token \
+    --state "$TOPO_ROOT/kube-state.json" --port-file "$TOPO_ROOT/kube.port" >"$TOPO_ROOT/kube-api.log" 2>&1 &
+  KUBE_API_PID=$!
+  local i
+  for i in $(seq 50); do [[ -s $TOPO_ROOT/kube.port ]] && break; sleep 0.1; done
+  [[ -s $TOPO_ROOT/kube.port ]] || { fail "the stand-in API server did not start"; cat "$TOPO_ROOT/kube-api.log"; return 1; }
+  local port; port=$(cat "$TOPO_ROOT/kube.port")
+  {
+    echo "apiVersion: v1"
+    echo "kind: Config"
+    echo "current-context: e2e"
+    echo "clusters: [{name: e2e, cluster: {server: \"https://127.0.0.1:$port\", certificate-authority: kube.crt}}]"
+    echo "contexts: [{name: e2e, context: {cluster: e2e, user: agent}}]"
+    echo "users: [{name: agent, user: {token: e2e-token}}]"
+  } >"$TOPO_ROOT/kubeconfig"
+  printf 'workloadSource: kubernetes\nkubernetes:\n  kubeconfig: %s\n' "$TOPO_ROOT/kubeconfig" >"$TOPO_ROOT/kube-extra.yaml"
+}
+kube_ctl() {  # METHOD PATH [JSON]: drives the stand-in API server
+  /usr/bin/python3 - "$TOPO_ROOT/kube.crt" "https://127.0.0.1:$(cat "$TOPO_ROOT/kube.port")$2" "$1" "${3:-}" <<'PY'
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+req = urllib.request.Request(sys.argv[2], method=sys.argv[3], data=sys.argv[4].encode() or None,
+                             headers={"Authorization": "Bearer e2e-token", "Content-Type": "application/json"})
+urllib.request.urlopen(req, context=ctx, timeout=5).read()
+PY
+}
+map_entries() {  # NODE MAP -> number of entries in a pinned BPF map of that node's agent
+  bpftool -j map dump pinned "/sys/fs/bpf/meshtls-topo-$TOPO_ID-node$1/maps/$2" 2>/dev/null |
+    /usr/bin/python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'
+}
+listening_on() {  # POD PORT -> number of listeners on PORT in the pod's netns
+  ip netns exec "$(topo_ns "$1")" ss -Hltn "sport = :$2" | wc -l
+}
+
+test_kubernetes() {
+  setup; mesh_mode STRICT
+  local pod
+  # Each pod's "sandbox": the process the runtime starts first, found by the agent through the
+  # pod's cgroup (kubepods/besteffort/pod<uid>), which gives it the pod's netns.
+  for pod in $TOPO_PODS; do topo_run "$pod" sleep infinity & done
+  kube_api_start n1a n1b n2a || return
+  TOPO_EXTRA_CONFIG=$TOPO_ROOT/kube-extra.yaml agents || { fail "the agents did not start with the Kubernetes source"; return; }
+  expect_contains "node 2's agent reads its pods from the API server" "$TOPO_ROOT/agent2.log" "workloads from the Kubernetes API"
+  expect_contains "and serves the pod the API lists on its node, in the netns found from its cgroup" \
+    "$TOPO_ROOT/agent2.log" "serving default/n2a .* in /run/netns/$(topo_ns n2a)"
+  serve n2a 8080; serve n2b 8080
+  expect_eq "mesh traffic to a pod on another node, known from the API" "n2a:meshed" "$(send n1a 10.0.2.2 8080 meshed)"
+  local answer; answer=$(send out 10.0.2.2 8080 plain)
+  [[ $answer == reset || $answer == refused ]] && pass "STRICT: plaintext to it refused" || fail "plaintext reached n2a: $answer"
+  expect_eq "a pod the API does not list is not meshed" "n2b:before" "$(send out 10.0.2.3 8080 before)"
+  expect_eq "and has no agent listener" "0" "$(listening_on n2b 15008)"
+  expect_eq "node 2 captures inbound traffic of one pod" "1" "$(map_entries 2 inbound_pods)"
+  expect_eq "and steers one meshed cgroup" "1" "$(map_entries 2 meshed_cgroups)"
+
+  kube_ctl POST /_control/pods "$(kube_pod_json n2b)"
+  local i
+  for i in $(seq 50); do grep -q "serving other/n2b" "$TOPO_ROOT/agent2.log" && break; sleep 0.1; done
+  expect_contains "a pod ADDED through the watch is served" "$TOPO_ROOT/agent2.log" "serving other/n2b"
+  expect_eq "with its tunnel listener in its netns" "1" "$(listening_on n2b 15008)"
+  expect_eq "and its BPF map entries (inbound capture, steered cgroup)" "2 2" \
+    "$(map_entries 2 inbound_pods) $(map_entries 2 meshed_cgroups)"
+  sleep 0.3
+  answer=$(send out 10.0.2.3 8080 after-add)
+  [[ $answer == reset || $answer == refused ]] && pass "the new pod is STRICT: plaintext refused" || fail "plaintext reached n2b: $answer"
+  for i in $(seq 50); do ctl 1 workloads 2>/dev/null | grep -q "n2b" && break; sleep 0.1; done
+  expect_eq "node 1 learned it from the other-nodes watch, so mesh traffic reaches it" "n2b:meshed" "$(send n1a 10.0.2.3 8080 meshed)"
+
+  kube_ctl DELETE /_control/pods/other/n2b
+  for i in $(seq 50); do grep -q "stopped serving other/n2b" "$TOPO_ROOT/agent2.log" && break; sleep 0.1; done
+  expect_contains "a pod DELETED through the watch is no longer served" "$TOPO_ROOT/agent2.log" "stopped serving other/n2b"
+  expect_eq "its listeners are gone" "0" "$(listening_on n2b 15008)"
+  expect_eq "and so are its BPF map entries" "1 1" "$(map_entries 2 inbound_pods) $(map_entries 2 meshed_cgroups)"
+  expect_eq "and the BPF capture no longer takes its traffic" "n2b:after-delete" "$(send out 10.0.2.3 8080 after-delete)"
+  if ctl 2 workloads 2>&1 | grep -q "n2b"; then fail "meshtlsctl still lists n2b"; else pass "meshtlsctl no longer lists it"; fi
+  expect_eq "the other pods are untouched" "n2a:still" "$(send n1a 10.0.2.2 8080 still)"
+}
+
 # meshtlsctl against a live agent; prints the output, fails the check on a non-zero exit.
 ctl() {  # NODE ARGS...
   local n=$1; shift
@@ -529,7 +622,7 @@ test_lifecycle() {
 }
 
 if [[ $test_name == all ]]; then
-  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input lifecycle policy_change_closes_denied_connections workload_reload inspection; do
+  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input lifecycle policy_change_closes_denied_connections workload_reload kubernetes inspection; do
     "$0" "$build" "$t" --datapath "$DATAPATH" || failures=$((failures + 1))
   done
   trap - EXIT

@@ -7,7 +7,7 @@
 #   outside netns (10.0.9.2, on node2's bridge: a plaintext client outside the mesh)
 #
 # Every pod is a netns joined to its node's bridge, with its own cgroup v2 directory under
-# $TOPO_CGROUP/node<N>/; each node runs its own meshtls-agent (on the host, like a DaemonSet with
+# $TOPO_CGROUP/node<N>/kubepods/besteffort/pod<uid> (as kubelet lays it out); each node runs its own meshtls-agent (on the host, like a DaemonSet with
 # hostNetwork) attached to $TOPO_CGROUP/node<N>. topo_down removes everything, even half-made.
 #
 # Names carry a per-run id, so parallel runs and leftovers of a killed run never collide.
@@ -21,9 +21,14 @@ declare -A TOPO_IP=([n1a]=10.0.1.2 [n1b]=10.0.1.3 [n2a]=10.0.2.2 [n2b]=10.0.2.3 
 declare -A TOPO_NODE=([n1a]=1 [n1b]=1 [n2a]=2 [n2b]=2)
 declare -A TOPO_SA=([n1a]=sleep [n1b]=intruder [n2a]=httpbin [n2b]=legacy)
 declare -A TOPO_NS=([n1a]=default [n1b]=default [n2a]=default [n2b]=other)
+# Pod UIDs, for the Kubernetes workload source: pod cgroups are named after them as kubelet's
+# cgroupfs driver names them (kubepods/besteffort/pod<uid>).
+declare -A TOPO_UID=([n1a]=6e316100-0000-4000-8000-00000000001a [n1b]=6e316200-0000-4000-8000-00000000001b
+                     [n2a]=6e326100-0000-4000-8000-00000000002a [n2b]=6e326200-0000-4000-8000-00000000002b)
 TOPO_AGENT_PIDS=()
 
 topo_ns() { echo "mt$TOPO_ID-$1"; }  # netns name of a node ("node1"), pod ("n1a") or "out"
+topo_cgroup() { echo "$TOPO_CGROUP/node${TOPO_NODE[$1]}/kubepods/besteffort/pod${TOPO_UID[$1]}"; }
 
 topo_up() {
   [[ $(id -u) == 0 ]] || { echo "topology: must run as root" >&2; return 1; }
@@ -63,7 +68,7 @@ topo_up() {
     [[ $pod == out ]] && gw=10.0.9.1
     ip -n "$ns" route add default via "$gw"
     ip -n "$(topo_ns node$node)" link set "b$TOPO_ID$pod" master br0 up
-    [[ $pod == out ]] || mkdir -p "$TOPO_CGROUP/node$node/$pod"
+    [[ $pod == out ]] || mkdir -p "$(topo_cgroup "$pod")"
   done
   topo_write_workloads "$TOPO_ROOT/workloads.yaml"
   mkdir -p "$TOPO_ROOT/policies"
@@ -81,7 +86,7 @@ topo_write_workloads() {
     node: node${TOPO_NODE[$pod]}
     labels: {app: ${TOPO_SA[$pod]}}
     netns: /run/netns/$(topo_ns "$pod")
-    cgroup: $TOPO_CGROUP/node${TOPO_NODE[$pod]}/$pod
+    cgroup: $(topo_cgroup "$pod")
     ips: [${TOPO_IP[$pod]}]
 EOF
     done
@@ -92,7 +97,7 @@ EOF
 topo_run() {
   local pod=$1; shift
   local cgroup=""
-  [[ $pod != out ]] && cgroup=$TOPO_CGROUP/node${TOPO_NODE[$pod]}/$pod/cgroup.procs
+  [[ $pod != out ]] && cgroup=$(topo_cgroup "$pod")/cgroup.procs
   # The shell joins the cgroup first, so everything it execs is the pod's process.
   sh -c 'if [ -n "$1" ]; then echo $$ > "$1"; fi; shift; exec "$@"' topo "$cgroup" \
     ip netns exec "$(topo_ns "$pod")" "$@"

@@ -75,6 +75,21 @@ TEST_F(CertificateAuthorityTest, InitNeverOverwritesAndLoadOrInitReuses) {
   EXPECT_FALSE(CertificateAuthority::Init(base_ + "/bad", "Not_A.Domain!").ok());
 }
 
+TEST_F(CertificateAuthorityTest, LoadsAndIssuesWithoutTheRootKey) {
+  auto made = CertificateAuthority::Init(dir_, "cluster.local");
+  ASSERT_TRUE(made.ok()) << made.status();
+  ASSERT_EQ(::unlink((dir_ + "/root.key").c_str()), 0);  // kept offline, as for a shared CA Secret
+  auto loaded = CertificateAuthority::Load(dir_);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->root_pem(), (*made)->root_pem());
+  auto svid = (*loaded)->Issue(Id("spiffe://cluster.local/ns/default/sa/web"), {});
+  ASSERT_TRUE(svid.ok()) << svid.status();
+  EXPECT_NE(svid->chain_pem.find((*made)->intermediate_pem()), std::string::npos);
+  // The intermediate key stays required: without it nothing can be issued.
+  ASSERT_EQ(::unlink((dir_ + "/intermediate.key").c_str()), 0);
+  EXPECT_FALSE(CertificateAuthority::Load(dir_).ok());
+}
+
 TEST_F(CertificateAuthorityTest, CorruptOrMismatchedFilesAreClearErrors) {
   ASSERT_TRUE(CertificateAuthority::Init(dir_, "cluster.local").ok());
   const std::string good_cert = meshtls::testing::ReadFile(dir_ + "/intermediate.crt");

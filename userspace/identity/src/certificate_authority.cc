@@ -306,14 +306,20 @@ absl::StatusOr<std::unique_ptr<CertificateAuthority>> CertificateAuthority::Load
                  "): chmod 600 it"));
     }
   }
-  ASSIGN_OR_RETURN(std::string root_key_pem, ReadFile(path(kRootKey)));
-  ASSIGN_OR_RETURN(keys->root_key, ParseKey(root_key_pem, path(kRootKey)));
-  OPENSSL_cleanse(root_key_pem.data(), root_key_pem.size());
+  // The root key only ever signs the intermediate (at `ca init`), so a CA shared with many nodes
+  // can leave it out: a compromised node then exposes the intermediate, not the root.
+  struct stat root_key_stat {};
+  const bool has_root_key = ::stat(path(kRootKey).c_str(), &root_key_stat) == 0;
+  if (has_root_key) {
+    ASSIGN_OR_RETURN(std::string root_key_pem, ReadFile(path(kRootKey)));
+    ASSIGN_OR_RETURN(keys->root_key, ParseKey(root_key_pem, path(kRootKey)));
+    OPENSSL_cleanse(root_key_pem.data(), root_key_pem.size());
+  }
   ASSIGN_OR_RETURN(std::string intermediate_key_pem, ReadFile(path(kIntermediateKey)));
   ASSIGN_OR_RETURN(keys->intermediate_key, ParseKey(intermediate_key_pem, path(kIntermediateKey)));
   OPENSSL_cleanse(intermediate_key_pem.data(), intermediate_key_pem.size());
 
-  if (X509_check_private_key(keys->root.get(), keys->root_key.get()) != 1) {
+  if (has_root_key && X509_check_private_key(keys->root.get(), keys->root_key.get()) != 1) {
     return absl::InvalidArgumentError(StrCat(path(kRootKey), " does not match ", path(kRootCert)));
   }
   if (X509_check_private_key(keys->intermediate.get(), keys->intermediate_key.get()) != 1) {

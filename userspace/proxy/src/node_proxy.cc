@@ -134,7 +134,9 @@ struct NodeProxy::Impl {
   // Inbound relays, re-authorized when policies change.
   struct InboundEntry {
     std::weak_ptr<tls::Relay> relay;
-    std::shared_ptr<Pod> pod;
+    // By uid, not by Pod: re-authorization uses the pod's current labels, and a removed pod's
+    // listeners must not be kept open by its draining connections.
+    std::string pod_uid;
     policy::SourceAttributes source;
   };
   std::map<const void*, InboundEntry> inbound;
@@ -431,7 +433,7 @@ struct NodeProxy::Impl {
     }
     if (inbound_pod) {
       std::lock_guard<std::mutex> lock(mutex);
-      inbound[relay->get()] = InboundEntry{*relay, std::move(inbound_pod), std::move(source)};
+      inbound[relay->get()] = InboundEntry{*relay, inbound_pod->workload.uid(), std::move(source)};
       // Drop entries of relays that ended (cheap here; the map stays the size of live relays).
       for (auto it = inbound.begin(); it != inbound.end();) {
         it = it->second.relay.expired() ? inbound.erase(it) : std::next(it);
@@ -746,6 +748,9 @@ struct NodeProxy::Impl {
       pods.erase(it);
     }
     UnwatchListeners(pod);
+    // No loop accepts on them any more; closing them now (rather than when the last connection
+    // holding the Pod ends) frees the ports at once, so a pod that comes back can listen again.
+    for (UniqueFd* listener : {&pod->outbound4, &pod->outbound6, &pod->capture, &pod->tunnel}) listener->reset();
     if (deps.capture != nullptr) {
       for (const IpAddress& ip : pod->workload.ips) {
         if (ip.is_v4()) (void)deps.capture->RemovePod(ip.v4());
@@ -848,7 +853,12 @@ void NodeProxy::OnPolicyChange() {
       it = impl.inbound.erase(it);
       continue;
     }
-    const policy::Decision decision = policies->Authorize(it->second.pod->target, it->second.source);
+    auto pod = impl.pods.find(it->second.pod_uid);
+    if (pod == impl.pods.end()) {  // the pod is gone; its remaining connections drain on their own
+      ++it;
+      continue;
+    }
+    const policy::Decision decision = policies->Authorize(pod->second->target, it->second.source);
     if (!decision.allowed) {
       relay->AbortFromAnyThread(tls::FailureReason::kPolicyDenied, decision.reason);
       ++closed;

@@ -49,6 +49,8 @@ class CertificateAuthority final : public CertificateProvider {
                                                                     const std::string& trust_domain);
   // Loads and checks an existing CA (from a state dir or a mounted Kubernetes Secret). A missing,
   // corrupt or mismatched file is an error naming the file; nothing is ever regenerated here.
+  // root.key may be absent (it only signs the intermediate, at Init): a CA shared by many nodes
+  // should leave it offline.
   static absl::StatusOr<std::unique_ptr<CertificateAuthority>> Load(const std::string& dir);
   // Load when `dir` holds a CA, Init when it does not exist (or is empty).
   static absl::StatusOr<std::unique_ptr<CertificateAuthority>> LoadOrInit(
