@@ -6,6 +6,9 @@
 #   make unit        the unprivileged unit suite only (a quick local loop; CI always runs make test)
 #   make bench-tls   handshake and relay benchmarks -> tests/bench/results/tls.{json,md}
 #   make bench-identity  SVID issuance rate and memory -> tests/bench/results/identity.{json,md}
+#   make bench       the load test: meshtls vs plaintext vs stunnel/nginx/haproxy, iperf3, sockperf,
+#                    wrk, memory (root) -> tests/load/results/<timestamp>.{json,md,png}
+#   make bench-smoke the same, every variant for a second (part of make test)
 #   make bench-steering  app -> agent local leg: direct vs steered relay vs sockmap shortcut (root)
 #                    -> tests/bench/results/steering.{json,md}
 #   make demo        the main job on an embedded default (see README)
@@ -17,7 +20,7 @@ SANITIZE    ?=
 JOBS        ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test unit privileged vm fuzz sanitize bench-tls bench-identity bench-steering demo format lint clean
+.PHONY: all deps configure build test unit privileged vm fuzz sanitize bench bench-smoke bench-tls bench-identity bench-steering demo format lint clean
 
 all: build
 
@@ -68,6 +71,12 @@ bench-identity: build
 
 bench-steering: build
 	tests/bench/run-bench-steering.sh $(BUILD)
+
+bench: build
+	tests/load/bench.sh $(BUILD)
+
+bench-smoke: build
+	tests/load/bench.sh $(BUILD) --smoke
 
 demo: build
 	tools/demo.sh $(BUILD)

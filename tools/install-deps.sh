@@ -13,6 +13,8 @@ packages=(
   python3-grpcio python3-protobuf
   # tests, VM harness and benchmarks
   iproute2 iperf3 tshark tcpdump openssl qemu-system-x86 busybox-static xz-utils procps prometheus
+  # the load test (tests/load): the peers and the load generators
+  sockperf stunnel4 nginx-light libnginx-mod-stream haproxy wrk gnuplot-nox
 )
 
 missing=()

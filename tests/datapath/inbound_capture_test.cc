@@ -5,9 +5,11 @@
 #include <arpa/inet.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <string>
 
@@ -98,6 +100,28 @@ class InboundCaptureTest : public ::testing::Test {
   std::vector<UniqueFd> clients_;
   std::unique_ptr<InboundCapture> inbound_;
 };
+
+ino_t NetnsInode(const char* path) {
+  struct stat st {};
+  return ::stat(path, &st) == 0 ? st.st_ino : 0;
+}
+
+TEST_F(InboundCaptureTest, SocketInNetnsOpensThereAndLeavesTheCallerAtHome) {
+  const ino_t home = NetnsInode("/proc/thread-self/ns/net");
+  ASSERT_NE(home, 0u);
+  for (int i = 0; i < 3; ++i) {
+    auto fd = SocketInNetns("/run/netns/" + pod_ns_, AF_INET, SOCK_STREAM);
+    ASSERT_TRUE(fd.ok()) << fd.status();
+    EXPECT_EQ(NetnsInode("/proc/thread-self/ns/net"), home) << "the calling thread must be back in its netns";
+    // 192.0.2.2 exists only in the pod's namespace: binding it proves where the socket lives.
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr = pod_ip_;
+    EXPECT_EQ(::bind(fd->get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0) << std::strerror(errno);
+  }
+  EXPECT_FALSE(SocketInNetns("/run/netns/meshtls-no-such-netns", AF_INET, SOCK_STREAM).ok());
+  EXPECT_EQ(NetnsInode("/proc/thread-self/ns/net"), home);
+}
 
 TEST_F(InboundCaptureTest, StrictAndPermissiveGoToTheCaptureListenerButNotTheTunnelPort) {
   ASSERT_TRUE(inbound_->SetPod(pod_ip_, {1, MESHTLS_MODE_STRICT, {}}).ok());
