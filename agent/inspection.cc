@@ -119,7 +119,7 @@ v1::ListWorkloadsResponse AgentInspection::Workloads() const {
     item->set_served_here(w.node == parts_.config->node_name);
     item->set_mode(ToProto(policies->ModeFor(TargetOf(w), 0)));
   }
-  out.set_source(parts_.workloads->source().Describe());
+  out.set_source(parts_.workloads->source().Health());
   if (auto error = parts_.workloads->last_error()) out.set_last_reload_error(*error);
   return out;
 }

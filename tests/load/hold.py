@@ -2,8 +2,11 @@
 """Idle connections for the memory measurement of the load test (tests/load/run.sh).
 
   hold.py serve PORT STATUS_FILE      accept and keep connections; STATUS_FILE holds the count
-  hold.py open HOST PORT N            open N connections (in batches, so no listen backlog
-                                      overflows), print "opened N", then keep them until killed
+  hold.py open HOST PORT N [STATUS_FILE]
+                                      open N connections in batches, print "opened N", then keep
+                                      them until killed; with the server's STATUS_FILE, each batch
+                                      waits until the server holds all but one batch, so a proxy
+                                      that handshakes slower than connect() returns is not flooded
 """
 import asyncio
 import os
@@ -43,10 +46,22 @@ async def serve(port, status_file):
             await asyncio.sleep(0.05)
 
 
-def open_connections(host, port, count):
+def held(status_file):
+    try:
+        with open(status_file) as f:
+            return int(f.read() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def open_connections(host, port, count, status_file=None):
     sockets = []
     failed = 0
     for i in range(count):
+        if status_file and i % 200 == 0:
+            deadline = time.monotonic() + 30
+            while held(status_file) < len(sockets) - 200 and time.monotonic() < deadline:
+                time.sleep(0.02)
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             s.settimeout(10)
@@ -67,8 +82,8 @@ def main():
     raise_fd_limit()
     if len(sys.argv) == 4 and sys.argv[1] == "serve":
         asyncio.run(serve(int(sys.argv[2]), sys.argv[3]))
-    elif len(sys.argv) == 5 and sys.argv[1] == "open":
-        open_connections(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif len(sys.argv) in (5, 6) and sys.argv[1] == "open":
+        open_connections(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] if len(sys.argv) == 6 else None)
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

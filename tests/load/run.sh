@@ -329,10 +329,10 @@ measure_memory() {  # VARIANT
   sleep 0.5
   memory_records "$v" idle
   for n in $CONNS; do
-    topo_run n1a /usr/bin/python3 "$here/hold.py" open "$target" 9000 "$n" >"$RUN/hold-open.log" 2>&1 &
+    topo_run n1a /usr/bin/python3 "$here/hold.py" open "$target" 9000 "$n" "$RUN/held" >"$RUN/hold-open.log" 2>&1 &
     opener=$!
     held=0
-    for i in $(seq 600); do
+    for i in $(seq 1800); do
       held=$(cat "$RUN/held" 2>/dev/null || echo 0)
       [[ $held -ge $n ]] && break
       sleep 0.1

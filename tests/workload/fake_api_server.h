@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -55,6 +56,8 @@ class FakeApiServer {
   // Makes a throwaway self-signed certificate for 127.0.0.1 in `dir` (ca.crt is what clients
   // trust) and listens on an ephemeral port.
   static std::unique_ptr<FakeApiServer> Start(const std::string& dir) {
+    // Writes to a client that went away must fail, not kill the test (the agent ignores SIGPIPE too).
+    ::signal(SIGPIPE, SIG_IGN);
     const std::string command =
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=kube-apiserver "
         "-addext subjectAltName=IP:127.0.0.1 -keyout " + dir + "/server.key -out " + dir + "/ca.crt 2>/dev/null";

@@ -149,6 +149,9 @@ TEST_F(KubernetesSourceTest, ListsMeshedPodsAndPlacesLocalOnes) {
   ASSERT_TRUE(remote.has_value());
   EXPECT_EQ(remote->query.at("fieldSelector"), "spec.nodeName!=node-1");
   EXPECT_EQ(server_->ListCount("pods-local"), 2u);
+  const std::string health = registry_->source().Health();
+  EXPECT_NE(health.find("pods on this node: synced at resourceVersion 1210"), std::string::npos) << health;
+  EXPECT_NE(health.find("namespaces: synced"), std::string::npos) << health;
 }
 
 TEST_F(KubernetesSourceTest, FollowsWatchEventsBookmarksDropsAndExpiry) {

@@ -17,21 +17,13 @@
 #include <thread>
 #include <vector>
 
+#include "datapath/privileged_util.h"
 #include "meshtls/workload/pod_locator.h"
 
 namespace meshtls::workload {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string Cgroup2Root() {
-  std::ifstream mounts("/proc/mounts");
-  std::string device, path, type, rest;
-  while (mounts >> device >> path >> type && std::getline(mounts, rest)) {
-    if (type == "cgroup2") return path;
-  }
-  return "";
-}
 
 // A "pod": a sleeping child moved into `cgroup`, in the network namespace at `netns` (a pinned
 // one from `ip netns add`) or in a fresh unnamed one when `netns` is empty.
@@ -77,7 +69,7 @@ class PodLocatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_EQ(::geteuid(), 0u) << "this privileged test needs root (netns and cgroups); run it as root";
-    const std::string mount = Cgroup2Root();
+    const std::string mount = datapath::Cgroup2Root();
     ASSERT_FALSE(mount.empty()) << "no cgroup v2 hierarchy is mounted";
     root_ = mount + "/meshtls-test-kubelet-" + std::to_string(::getpid());
     ASSERT_TRUE(fs::create_directories(root_));

@@ -286,6 +286,18 @@ std::string KubernetesWorkloadSource::Describe() const {
   return StrCat("kubernetes ", impl_->options.api.server, ", pods on node ", impl_->options.node_name);
 }
 
+std::string KubernetesWorkloadSource::Health() const {
+  std::vector<std::string> watches;
+  for (const KubeWatchStats& s : Stats()) {
+    std::string line = StrCat(s.resource, ": ", s.synced ? "synced" : "NOT SYNCED", " at resourceVersion ",
+                              s.resource_version.empty() ? "-" : s.resource_version, ", ", s.events, " events, ",
+                              s.lists, " lists (", s.expired, " after 410), ", s.errors, " errors");
+    if (!s.last_error.empty()) line += StrCat(" (last: ", s.last_error, ")");
+    watches.push_back(std::move(line));
+  }
+  return StrCat(Describe(), "; ", Join(watches, "; "));
+}
+
 std::vector<KubeWatchStats> KubernetesWorkloadSource::Stats() const {
   std::vector<KubeWatchStats> out;
   for (kube::Reflector* r : impl_->Reflectors()) out.push_back(r->Stats());

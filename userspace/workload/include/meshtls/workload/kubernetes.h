@@ -102,7 +102,8 @@ struct KubeWatchStats {
 
 class KubernetesWorkloadSource : public WorkloadSource {
  public:
-  // Starts the list/watch threads; they run until destruction.
+  // Starts the list/watch threads; they run until destruction. libcurl runs with CURLOPT_NOSIGNAL
+  // (threads), so the process must ignore SIGPIPE, as the agent does.
   static absl::StatusOr<std::unique_ptr<KubernetesWorkloadSource>> Create(KubernetesSourceOptions options);
   ~KubernetesWorkloadSource() override;
   // Stops the watch threads (on_change is not called after this returns); Load() keeps answering
@@ -115,6 +116,8 @@ class KubernetesWorkloadSource : public WorkloadSource {
   // Unavailable until synced, so an agent never starts with half a picture.
   absl::StatusOr<std::vector<Workload>> Load() override;
   std::string Describe() const override;
+  // Describe() and, per watch: synced or not, resourceVersion, events, relists, errors, last error.
+  std::string Health() const override;
 
   std::vector<KubeWatchStats> Stats() const;
   // Local pods whose sandbox was not found at the last Load(): the caller should Load() again

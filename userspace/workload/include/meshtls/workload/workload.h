@@ -42,6 +42,8 @@ class WorkloadSource {
   virtual absl::StatusOr<std::vector<Workload>> Load() = 0;
   // For logs and the status API, e.g. "static file /etc/meshtls/workloads.yaml".
   virtual std::string Describe() const = 0;
+  // Describe() plus the source's health, for the status API (a watch's sync state and errors).
+  virtual std::string Health() const { return Describe(); }
 };
 
 // Parses the static workload file format (docs/workloads.md). Every problem found is reported, one
