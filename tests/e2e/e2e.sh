@@ -399,6 +399,8 @@ test_kubernetes() {
   kube_api_start n1a n1b n2a || return
   TOPO_EXTRA_CONFIG=$TOPO_ROOT/kube-extra.yaml agents || { fail "the agents did not start with the Kubernetes source"; return; }
   expect_contains "node 2's agent reads its pods from the API server" "$TOPO_ROOT/agent2.log" "workloads from the Kubernetes API"
+  ctl 2 workloads >"$TOPO_ROOT/kube-workloads.txt" 2>&1
+  expect_contains "meshtlsctl shows the watches' state" "$TOPO_ROOT/kube-workloads.txt" "pods on this node: synced"
   expect_contains "and serves the pod the API lists on its node, in the netns found from its cgroup" \
     "$TOPO_ROOT/agent2.log" "serving default/n2a .* in /run/netns/$(topo_ns n2a)"
   serve n2a 8080; serve n2b 8080
