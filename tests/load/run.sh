@@ -125,6 +125,13 @@ setup() {
   printf 'apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n' \
     >"$RUN/policies/mesh.yaml"
   mkdir -p "$RUN/tmp"
+  # Thousands of connections from one address (the wrk runs leave theirs in TIME_WAIT, the memory
+  # runs hold ~10,000): the widest ephemeral port range, and TIME_WAIT reuse, in every namespace
+  # that opens them.
+  local ns
+  for ns in n1a node1 node2 n2a; do
+    ip netns exec "$(topo_ns "$ns")" sysctl -qw net.ipv4.ip_local_port_range="16384 65000" net.ipv4.tcp_tw_reuse=1
+  done
   subst "$here/backend-nginx.conf" >"$RUN/backend-nginx.conf"
   topo_run n2a iperf3 -s -p 5201 >"$RUN/iperf3-server.log" 2>&1 &
   BG_PIDS+=($!)
