@@ -54,6 +54,11 @@ sigset_t HandledSignals() {
 class Agent {
  public:
   explicit Agent(AgentConfig config) : config_(std::move(config)) {}
+  // A Start() that failed half-way leaves worker threads running: stop them in order rather than
+  // let std::thread's destructor abort the process.
+  ~Agent() { Shutdown(); }
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
 
   absl::Status Start() {
     ASSIGN_OR_RETURN(control_, EventLoop::Create());
@@ -398,6 +403,8 @@ class Agent {
   }
 
   void Shutdown() {
+    if (shut_down_) return;
+    shut_down_ = true;
     if (kube_source_ != nullptr) kube_source_->Stop();
     if (status_server_) status_server_->Shutdown();
     status_server_.reset();
@@ -444,6 +451,7 @@ class Agent {
   std::unique_ptr<inspect::StatusServer> status_server_;
   std::unique_ptr<telemetry::MetricsServer> metrics_server_;
   bool draining_ = false;
+  bool shut_down_ = false;
   EventLoop::Clock::time_point drain_deadline_;
   int exit_code_ = 0;
 };

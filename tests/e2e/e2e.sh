@@ -631,6 +631,21 @@ test_lifecycle() {
   expect_contains "the deadline closes what is left" "$TOPO_ROOT/agent2.log" "drain deadline passed: closing"
   wait "$long" 2>/dev/null
   expect_eq "the cut connection is reset, not ended cleanly" reset "$(tail -1 "$TOPO_ROOT/trickle.log")"
+  # A start that fails late (its readiness port is taken, after pods are served and threads run)
+  # exits with an error and cleans up, rather than aborting.
+  local ready_port=$(( $(topo_metrics_port 2) + 1 ))
+  /usr/bin/python3 -c 'import socket,sys,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(60)' "$ready_port" &
+  local squatter=$!
+  sleep 0.3
+  : >"$TOPO_ROOT/agent2.log"
+  topo_start_agent 2 --datapath "$DATAPATH" 2>/dev/null && fail "the agent started with its readiness port taken"
+  wait "${TOPO_AGENT_PIDS[2]}" 2>/dev/null; rc=$?
+  TOPO_AGENT_PIDS[2]=""
+  kill "$squatter" 2>/dev/null; wait "$squatter" 2>/dev/null
+  expect_eq "a late start failure exits 1" 1 "$rc"
+  expect_contains "and says why" "$TOPO_ROOT/agent2.log" "cannot start: cannot listen on 127.0.0.1:$ready_port (/healthz/ready): Address already in use"
+  expect_contains "and stops what it had started" "$TOPO_ROOT/agent2.log" "meshtls-agent stopped"
+  if grep -q "terminate called" "$TOPO_ROOT/agent2.log"; then fail "the agent aborted"; else pass "without aborting"; fi
 }
 
 if [[ $test_name == all ]]; then

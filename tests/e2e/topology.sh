@@ -104,8 +104,10 @@ topo_run() {
 }
 
 # Each node's agent serves metrics and readiness on its own loopback ports (both agents share the
-# host's loopback), picked from the run id so that a leftover of another run does not collide.
-topo_metrics_port() { echo $((20000 + (TOPO_ID % 4000) * 4 + ($1 - 1) * 2)); }
+# host's loopback), picked from the run id so that a leftover of another run does not collide, and
+# below the ephemeral range (32768 and up by default): any outgoing connection could hold a port
+# up there (CI once lost a run to that).
+topo_metrics_port() { echo $((10000 + (TOPO_ID % 5000) * 4 + ($1 - 1) * 2)); }
 
 # topo_start_agent N [extra agent flags...]: starts node N's agent; logs in $TOPO_ROOT/agentN.log,
 # access log in $TOPO_ROOT/access-N.log. Waits until it is ready.
