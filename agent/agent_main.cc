@@ -90,7 +90,6 @@ class Agent {
     }
     metrics_->KtlsUnavailable(!ktls_.available);
     metrics_->BuildInfo(MESHTLS_VERSION, tls::DatapathName(datapath_));
-    observer_ = std::make_unique<AgentObserver>(metrics_, &events_);
     tls::TlsContextOptions context_options;
     context_options.trust_bundle_pem = ca_->TrustBundlePem();
     context_options.trust_domain = config_.trust_domain;
@@ -98,15 +97,23 @@ class Agent {
     identities_ = std::make_unique<tls::IdentityContexts>(*svids_, context_options);
 
     ASSIGN_OR_RETURN(access_log_, proxy::AccessLog::Create(config_.access_log));
+    observer_ = std::make_unique<AgentObserver>(metrics_, &events_, access_log_.get());
+    ExportCaExpiry();
     ASSIGN_OR_RETURN(policies_, policy::PolicyStore::Create(
                                     *control_, config_.policy_dir, config_.root_namespace,
                                     [this](const std::shared_ptr<const policy::PolicySet>& set) {
                                       spdlog::info("policies reloaded: {} PeerAuthentication, {} AuthorizationPolicy",
                                                    set->peer_authentication_count(), set->authorization_policy_count());
+                                      metrics_->PolicyReload(true);
                                       observer_->Publish(v1::EVENT_KIND_RELOAD, "", "", "ok", "policies",
                                                          StrCat(set->peer_authentication_count(), " PeerAuthentication, ",
                                                                 set->authorization_policy_count(), " AuthorizationPolicy"));
                                       if (proxy_) proxy_->OnPolicyChange();
+                                    },
+                                    [this](const absl::Status& error) {
+                                      metrics_->PolicyReload(false);
+                                      observer_->Publish(v1::EVENT_KIND_RELOAD, "", "", "error", "policies",
+                                                         std::string(error.message()));
                                     }));
     for (const std::string& warning : policies_->Current()->warnings()) spdlog::warn("policy: {}", warning);
     RETURN_IF_ERROR(CreateWorkloadRegistry());
@@ -154,6 +161,7 @@ class Agent {
       SchedulePlacementRetry();
     }
     ScheduleSvidTick();
+    ScheduleReadinessGauge();
     RETURN_IF_ERROR(WatchSignals());
     RETURN_IF_ERROR(StartInspection());
     spdlog::info("meshtls-agent ready: node {}, trust domain {}, datapath {}, {} worker loop(s), serving {} workload(s)",
@@ -260,6 +268,24 @@ class Agent {
       spdlog::info("local-leg shortcut off (localLegShortcut: auto; see ARCHITECTURE.md, \"Is the shortcut worth it?\")");
     }
     return false;
+  }
+
+  // meshtls_ready follows the readiness check, so alerts need no probe of their own.
+  void ScheduleReadinessGauge() {
+    metrics_->Ready(Readiness().ready);
+    control_->AddTimer(EventLoop::Clock::now() + std::chrono::seconds(5), [this] { ScheduleReadinessGauge(); });
+  }
+
+  void ExportCaExpiry() {
+    std::vector<telemetry::Metrics::CaCertificate> out;
+    auto add = [&](const std::string& pem, const char* role) {
+      auto certs = identity::SummarizeCertificates(pem);
+      if (!certs.ok()) return;
+      for (const identity::CertificateSummary& cert : *certs) out.push_back({role, cert.subject, cert.not_after});
+    };
+    add(ca_->TrustBundlePem(), "root");
+    add(ca_->intermediate_pem(), "intermediate");
+    metrics_->CaExpiry(out);
   }
 
   void ScheduleSvidTick() {

@@ -1,5 +1,7 @@
 #include "inspection.h"
 
+#include "meshtls/inspect/policy_report.h"
+
 #include <sys/utsname.h>
 
 #include <algorithm>
@@ -41,14 +43,6 @@ policy::PolicyTarget TargetOf(const workload::Workload& w) { return {w.namespace
 
 }  // namespace
 
-v1::MtlsMode ToProto(policy::MtlsMode mode) {
-  switch (mode) {
-    case policy::MtlsMode::kStrict: return v1::MTLS_MODE_STRICT;
-    case policy::MtlsMode::kPermissive: return v1::MTLS_MODE_PERMISSIVE;
-    case policy::MtlsMode::kDisable: return v1::MTLS_MODE_DISABLE;
-  }
-  return v1::MTLS_MODE_UNSPECIFIED;
-}
 
 v1::GetStatusResponse AgentInspection::Status() const {
   v1::GetStatusResponse out;
@@ -117,7 +111,7 @@ v1::ListWorkloadsResponse AgentInspection::Workloads() const {
     item->set_cgroup(w.cgroup_path);
     item->set_spiffe_id(w.Identity(parts_.config->trust_domain).ToString());
     item->set_served_here(w.node == parts_.config->node_name);
-    item->set_mode(ToProto(policies->ModeFor(TargetOf(w), 0)));
+    item->set_mode(inspect::ToProto(policies->ModeFor(TargetOf(w), 0)));
   }
   out.set_source(parts_.workloads->source().Health());
   if (auto error = parts_.workloads->last_error()) out.set_last_reload_error(*error);
@@ -200,9 +194,9 @@ absl::StatusOr<v1::GetPolicyResponse> AgentInspection::Policy(const std::string&
     const policy::PolicySet::Effective effective = policies->Describe(TargetOf(*w));
     v1::WorkloadPolicy* item = out.add_workloads();
     item->set_workload(w->uid());
-    item->set_mode(ToProto(effective.mode));
+    item->set_mode(inspect::ToProto(effective.mode));
     item->set_peer_authentication(effective.peer_authentication);
-    for (const auto& [port, mode] : effective.port_modes) (*item->mutable_port_modes())[port] = ToProto(mode);
+    for (const auto& [port, mode] : effective.port_modes) (*item->mutable_port_modes())[port] = inspect::ToProto(mode);
     for (const std::string& name : effective.authorization_policies) item->add_authorization_policies(name);
     item->set_summary(effective.summary);
   }
@@ -231,6 +225,41 @@ absl::StatusOr<v1::RotateCertificatesResponse> AgentInspection::Rotate(const std
   for (const identity::SvidState& state : parts_.svids->States()) {
     if (std::find(ids.begin(), ids.end(), state.id) != ids.end()) *out.add_rotated() = DescribeSvid(state);
   }
+  return out;
+}
+
+}  // namespace meshtls::agent
+
+namespace meshtls::agent {
+
+absl::StatusOr<v1::CheckAccessResponse> AgentInspection::CheckAccess(const v1::CheckAccessRequest& request) const {
+  return inspect::CheckAccess(*parts_.policies->Current(), *parts_.workloads->Current(), parts_.config->trust_domain,
+                              request);
+}
+
+v1::AuditResponse AgentInspection::Audit() const {
+  std::vector<v1::Finding> findings = inspect::AuditPolicies(*parts_.policies->Current(), *parts_.workloads->Current());
+  inspect::LiveAuditInput live;
+  live.now = std::chrono::system_clock::now();
+  for (const identity::SvidState& state : parts_.svids->States()) {
+    inspect::LiveAuditInput::Svid svid;
+    svid.spiffe_id = state.id.ToString();
+    svid.renewal_due = state.renewal_due;
+    svid.not_after = state.not_after;
+    svid.failures = state.failures;
+    svid.last_error = state.last_error;
+    if (auto current = parts_.svids->Peek(state.id)) svid.chain_pem = current->chain_pem;
+    live.svids.push_back(std::move(svid));
+  }
+  live.trust_bundle_pem = parts_.ca->TrustBundlePem();
+  live.intermediate_pem = parts_.ca->intermediate_pem();
+  live.ktls_fallback = parts_.datapath == tls::Datapath::kUserspaceTls && !parts_.ktls.available;
+  live.datapath_reason = parts_.datapath_reason;
+  std::vector<v1::Finding> more = inspect::AuditLive(live);
+  findings.insert(findings.end(), more.begin(), more.end());
+  inspect::SortFindings(findings);
+  v1::AuditResponse out;
+  for (v1::Finding& finding : findings) *out.add_findings() = std::move(finding);
   return out;
 }
 

@@ -48,12 +48,12 @@ class AgentInspection : public inspect::AgentView {
   v1::ListCertificatesResponse Certificates() const override;
   absl::StatusOr<v1::GetPolicyResponse> Policy(const std::string& workload) const override;
   absl::StatusOr<v1::RotateCertificatesResponse> Rotate(const std::string& spiffe_id) override;
+  absl::StatusOr<v1::CheckAccessResponse> CheckAccess(const v1::CheckAccessRequest& request) const override;
+  v1::AuditResponse Audit() const override;
 
  private:
   v1::Certificate DescribeSvid(const identity::SvidState& state) const;
   AgentParts parts_;
 };
-
-v1::MtlsMode ToProto(policy::MtlsMode mode);
 
 }  // namespace meshtls::agent

@@ -5,7 +5,10 @@
 //   meshtlsctl [--socket PATH] [-o table|json|yaml] [--timeout 5s]
 //       status | workloads | connections [--workload NS/NAME] | certs | policy [--workload NS/NAME]
 //       | tap [--kind KIND,...] [--workload NS/NAME] | rotate (--spiffe-id ID | --all)
-// Exit codes: 0 ok, 1 the operation failed, 2 bad usage.
+//       | policy check --to NS/NAME --port P (--from-principal ID | --from-namespace NS | --plaintext)
+//         [--from-ip IP] [--policy-dir DIR --workloads FILE]
+//       | audit [--fail-on warning|critical] [--policy-dir DIR --workloads FILE]
+// Exit codes: 0 ok, 1 the operation failed (audit: a finding at or above --fail-on), 2 bad usage.
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -31,6 +34,10 @@
 #include "meshtls/ctl/client.h"
 #include "meshtls/ctl/format.h"
 #include "meshtls/identity/certificate_authority.h"
+#include "meshtls/inspect/policy_report.h"
+#include "meshtls/policy/policy.h"
+#include "meshtls/workload/registry.h"
+#include "meshtls/workload/workload.h"
 
 namespace meshtls {
 namespace {
@@ -225,6 +232,28 @@ int Tap(const ctl::ClientOptions& client_options, const v1::WatchEventsRequest& 
   return 0;
 }
 
+// Policies and workloads from files, for `policy check` and `audit` without an agent (in CI,
+// before a change ships). The same loaders as the agent's, so a file the agent would reject is
+// rejected here with the same message.
+struct OfflineInputs {
+  std::shared_ptr<const policy::PolicySet> policies;
+  workload::WorkloadSnapshot workloads;
+};
+
+absl::StatusOr<OfflineInputs> LoadOffline(const std::string& policy_dir, const std::string& workloads_file,
+                                          const std::string& root_namespace) {
+  OfflineInputs inputs;
+  ASSIGN_OR_RETURN(inputs.policies, policy::PolicySet::LoadDirectory(policy_dir, root_namespace));
+  workload::StaticWorkloadFile file(workloads_file);
+  ASSIGN_OR_RETURN(std::vector<workload::Workload> list, file.Load());
+  ASSIGN_OR_RETURN(inputs.workloads, workload::WorkloadSnapshot::Create(std::move(list)));
+  return inputs;
+}
+
+bool AtOrAbove(v1::Severity severity, v1::Severity threshold) {
+  return static_cast<int>(severity) >= static_cast<int>(threshold);
+}
+
 }  // namespace
 }  // namespace meshtls
 
@@ -273,6 +302,38 @@ int main(int argc, char** argv) {
   CLI::App* certs_cmd = app.add_subcommand("certs", "the SVIDs this agent holds, and the trust bundle");
   CLI::App* policy_cmd = app.add_subcommand("policy", "the effective mTLS mode and authorization per served workload");
   policy_cmd->add_option("--workload", workload, "only this workload (namespace/name)");
+  policy_cmd->require_subcommand(0, 1);
+  std::string check_to, check_principal, check_namespace, check_ip, policy_dir, workloads_file,
+      root_namespace = "istio-system", fail_on = "critical";
+  uint32_t check_port = 0;
+  bool check_plaintext = false;
+  auto add_offline = [&](CLI::App* cmd) {
+    CLI::Option* dir_opt = cmd->add_option("--policy-dir", policy_dir,
+                                           "offline: a directory of PeerAuthentication/AuthorizationPolicy YAML");
+    CLI::Option* file_opt = cmd->add_option("--workloads", workloads_file,
+                                            "offline: a workloads file (the agent's format; netns and cgroup may be left out)");
+    dir_opt->needs(file_opt);
+    file_opt->needs(dir_opt);
+    cmd->add_option("--root-namespace", root_namespace, "offline: the mesh-wide policy namespace")->capture_default_str();
+    cmd->add_option("--trust-domain", trust_domain, "offline: the trust domain of --from-namespace")->capture_default_str();
+  };
+  CLI::App* check_cmd = policy_cmd->add_subcommand("check", "what the agent would do with one connection, and why");
+  check_cmd->add_option("--to", check_to, "destination workload (namespace/name)")->required();
+  check_cmd->add_option("--port", check_port, "destination port")->required()->check(CLI::Range(1, 65535));
+  CLI::Option* from_principal = check_cmd->add_option(
+      "--from-principal", check_principal, "client identity: TRUST_DOMAIN/ns/NS/sa/SA (or its spiffe:// URI)");
+  CLI::Option* from_namespace =
+      check_cmd->add_option("--from-namespace", check_namespace, "a client in this namespace (service account default)");
+  CLI::Option* from_plaintext = check_cmd->add_flag("--plaintext", check_plaintext, "a client without mTLS");
+  from_principal->excludes(from_namespace)->excludes(from_plaintext);
+  from_namespace->excludes(from_plaintext);
+  check_cmd->add_option("--from-ip", check_ip, "client address, for ipBlocks");
+  add_offline(check_cmd);
+  CLI::App* audit_cmd = app.add_subcommand("audit", "gaps in the mesh's security posture, with a severity each");
+  audit_cmd->add_option("--fail-on", fail_on, "exit 1 when a finding is at or above: info, warning or critical")
+      ->check(CLI::IsMember({"info", "warning", "critical"}))
+      ->capture_default_str();
+  add_offline(audit_cmd);
   CLI::App* tap_cmd = app.add_subcommand("tap", "stream handshakes, denials, rotations, reloads and closes until Ctrl-C");
   tap_cmd->add_option("--kind", kinds_text, "only these kinds, comma-separated: handshake,denial,rotation,reload,close");
   tap_cmd->add_option("--workload", workload, "only events concerning this workload (namespace/name)");
@@ -313,6 +374,49 @@ int main(int argc, char** argv) {
   }
   if (rotate_cmd->parsed() && rotate_id.empty() && !rotate_all) {
     return meshtls::Usage("rotate: say which identity (--spiffe-id ID) or --all");
+  }
+
+  if (check_cmd->parsed()) {
+    if (!ctl::IsWorkloadName(check_to)) return meshtls::Usage(meshtls::StrCat("--to '", check_to, "': use namespace/name"));
+    if (check_principal.empty() && check_namespace.empty() && !check_plaintext) {
+      return meshtls::Usage("policy check: say who connects: --from-principal ID, --from-namespace NS or --plaintext");
+    }
+    v1::CheckAccessRequest request;
+    request.set_destination_workload(check_to);
+    request.set_port(check_port);
+    request.set_source_principal(check_principal);
+    request.set_source_namespace(check_namespace);
+    request.set_plaintext(check_plaintext);
+    request.set_source_ip(check_ip);
+    if (!policy_dir.empty()) {
+      auto inputs = meshtls::LoadOffline(policy_dir, workloads_file, root_namespace);
+      if (!inputs.ok()) return meshtls::Fail(inputs.status());
+      return meshtls::Print(meshtls::inspect::CheckAccess(*inputs->policies, inputs->workloads, trust_domain, request),
+                            ctl::RenderCheckAccess, options);
+    }
+    StatusClient client(client_options);
+    return meshtls::Print(client.CheckAccess(request), ctl::RenderCheckAccess, options);
+  }
+  if (audit_cmd->parsed()) {
+    absl::StatusOr<v1::AuditResponse> audit;
+    if (!policy_dir.empty()) {
+      auto inputs = meshtls::LoadOffline(policy_dir, workloads_file, root_namespace);
+      if (!inputs.ok()) return meshtls::Fail(inputs.status());
+      v1::AuditResponse response;
+      for (v1::Finding& f : meshtls::inspect::AuditPolicies(*inputs->policies, inputs->workloads)) {
+        *response.add_findings() = std::move(f);
+      }
+      audit = std::move(response);
+    } else {
+      StatusClient client(client_options);
+      audit = client.Audit();
+    }
+    if (const int rc = meshtls::Print(audit, ctl::RenderAudit, options); rc != 0) return rc;
+    const v1::Severity threshold = *ctl::ParseSeverity(fail_on);
+    for (const auto& finding : audit->findings()) {
+      if (meshtls::AtOrAbove(finding.severity(), threshold)) return 1;
+    }
+    return 0;
   }
 
   StatusClient client(client_options);

@@ -2,6 +2,8 @@
 
 #include <chrono>
 
+#include "spdlog/spdlog.h"
+
 namespace meshtls::agent {
 namespace {
 
@@ -40,6 +42,11 @@ v1::EventKind KindOf(const proxy::ConnectionRecord& r) {
 void AgentObserver::OnHandshake(const proxy::ConnectionRecord& record, bool ok, std::chrono::microseconds duration) {
   metrics_->Handshake(ok, ok ? "none" : record.reason);
   if (ok) metrics_->HandshakeDuration(duration);
+  // Every failure gets an event line; successes only at debug level (one per connection would
+  // double the access log).
+  if (access_log_ != nullptr && (!ok || spdlog::should_log(spdlog::level::debug))) {
+    if (!access_log_->WriteHandshake(record, ok, duration)) metrics_->HandshakeEventsSuppressed(1);
+  }
   const bool inbound = record.direction == "inbound";
   Publish(v1::EVENT_KIND_HANDSHAKE, inbound ? record.destination_workload : record.source_workload,
           inbound ? record.source_identity : record.destination_identity, ok ? "ok" : "error", ok ? "" : record.reason,
@@ -48,6 +55,10 @@ void AgentObserver::OnHandshake(const proxy::ConnectionRecord& record, bool ok, 
 
 void AgentObserver::OnOpened(const proxy::ConnectionRecord& record) {
   metrics_->ConnectionOpened(LabelsOf(record));
+  if (record.direction == "passthrough") {
+    const auto [name, space] = Split(record.destination_workload);
+    metrics_->PlaintextAccepted(name, space, record.mtls_mode);
+  }
   metrics_->ConnectionsActive(record.datapath, 1);
 }
 

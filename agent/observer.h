@@ -4,6 +4,7 @@
 #include <string>
 
 #include "meshtls/inspect/event_bus.h"
+#include "meshtls/proxy/access_log.h"
 #include "meshtls/proxy/node_proxy.h"
 #include "meshtls/telemetry/metrics.h"
 
@@ -12,8 +13,9 @@ namespace meshtls::agent {
 // Turns the proxy's connection lifecycle into Prometheus metrics and status-API events.
 class AgentObserver : public proxy::ConnectionObserver {
  public:
-  AgentObserver(std::shared_ptr<telemetry::Metrics> metrics, inspect::EventBus* events)
-      : metrics_(std::move(metrics)), events_(events) {}
+  // `access_log` (may be null) also gets the mtls_handshake event lines.
+  AgentObserver(std::shared_ptr<telemetry::Metrics> metrics, inspect::EventBus* events, proxy::AccessLog* access_log)
+      : metrics_(std::move(metrics)), events_(events), access_log_(access_log) {}
   void OnHandshake(const proxy::ConnectionRecord& record, bool ok, std::chrono::microseconds duration) override;
   void OnOpened(const proxy::ConnectionRecord& record) override;
   void OnFinished(const proxy::ConnectionRecord& record, bool was_opened) override;
@@ -25,6 +27,7 @@ class AgentObserver : public proxy::ConnectionObserver {
  private:
   std::shared_ptr<telemetry::Metrics> metrics_;
   inspect::EventBus* events_;
+  proxy::AccessLog* access_log_;
 };
 
 }  // namespace meshtls::agent

@@ -19,12 +19,14 @@
 #include <algorithm>
 #include <functional>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "meshtls/common/unique_fd.h"
 #include "meshtls/ctl/client.h"
 #include "meshtls/ctl/format.h"
 #include "samples.h"
+#include "testing/test_util.h"
 
 namespace meshtls::ctl {
 namespace {
@@ -267,6 +269,12 @@ TEST(CliTest, BadUsageExitsTwo) {
       {"rotate", "--all", "--spiffe-id", "spiffe://cluster.local/ns/shop/sa/cart"},
       {"connections", "--workload", "cart"},
       {"tap", "--kind", "handshake,teleport"},
+      {"policy", "check", "--to", "shop/db", "--port", "5432"},  // no source
+      {"policy", "check", "--to", "shop/db", "--port", "5432", "--plaintext", "--from-namespace", "x"},
+      {"policy", "check", "--to", "db", "--port", "5432", "--plaintext"},
+      {"policy", "check", "--to", "shop/db", "--port", "0", "--plaintext"},
+      {"policy", "check", "--to", "shop/db", "--port", "5432", "--plaintext", "--policy-dir", "/tmp"},
+      {"audit", "--fail-on", "sometimes"},
   };
   for (const auto& args : cases) {
     Result r = RunCtl(args);
@@ -279,6 +287,58 @@ TEST(CliTest, BadUsageExitsTwo) {
   EXPECT_EQ(RunCtl({"tap", "--kind", "teleport"}).err,
             "meshtlsctl: --kind: unknown event kind 'teleport': use handshake, denial, rotation, reload, close\n");
   EXPECT_EQ(RunCtl({"--help"}).exit_code, 0);
+}
+
+// Offline: the same answers as the library's golden files, from the files alone.
+TEST(CliTest, PolicyCheckAndAuditOffline) {
+  const std::string data = MESHTLS_POLICY_CHECK_DIR;
+  const std::vector<std::string> offline = {"--policy-dir", "policies", "--workloads", "workloads.yaml"};
+  // Relative paths, as in the golden files' warnings.
+  const std::filesystem::path before = std::filesystem::current_path();
+  ASSERT_EQ(::chdir(data.c_str()), 0);
+  std::vector<std::string> args = {"-o", "json", "policy", "check", "--to", "shop/db", "--port", "5432",
+                                   "--from-principal", "cluster.local/ns/legacy/sa/billing", "--from-ip", "10.8.1.1"};
+  args.insert(args.end(), offline.begin(), offline.end());
+  Result r = RunCtl(args);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, meshtls::testing::ReadFile(data + "/golden/deny_over_allow.json"));
+
+  args = {"audit"};
+  args.insert(args.end(), offline.begin(), offline.end());
+  r = RunCtl(args);
+  EXPECT_EQ(r.exit_code, 1) << "open/insecure is DISABLE: critical\n" << r.out;
+  EXPECT_EQ(r.out, meshtls::testing::ReadFile(data + "/golden/audit.txt"));
+  // Only the critical finding's namespace: nothing at or above critical is left without it.
+  args = {"audit", "--fail-on", "critical", "--policy-dir", "policies", "--workloads", "workloads.yaml"};
+  EXPECT_EQ(RunCtl(args).exit_code, 1);
+
+  // A policy file the agent would reject is rejected here too, with its place.
+  TempDir dir;
+  std::ofstream(dir.Path("bad.yaml")) << "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                                         "metadata: {name: x, namespace: y}\nspec: {action: SOMETIMES}\n";
+  r = RunCtl({"audit", "--policy-dir", dir.Path(""), "--workloads", data + "/workloads.yaml"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("bad.yaml:"), std::string::npos) << r.err;
+  std::filesystem::current_path(before);
+}
+
+TEST(CliTest, AuditPassesWhenNothingReachesFailOn) {
+  TempDir dir;
+  std::ofstream(dir.Path("mesh.yaml")) << "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+                                          "metadata: {name: default, namespace: istio-system}\n"
+                                          "spec: {mtls: {mode: STRICT}}\n";
+  std::ofstream(dir.Path("workloads.yaml"))
+      << "workloads:\n  - {name: a, namespace: shop, serviceAccount: a, ips: [10.0.0.1]}\n";
+  std::filesystem::create_directory(dir.Path("policies"));
+  std::filesystem::rename(dir.Path("mesh.yaml"), dir.Path("policies/mesh.yaml"));
+  const std::vector<std::string> offline = {"--policy-dir", dir.Path("policies"), "--workloads", dir.Path("workloads.yaml")};
+  std::vector<std::string> args = {"audit"};
+  args.insert(args.end(), offline.begin(), offline.end());
+  Result r = RunCtl(args);
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;  // one warning (the isolation gap), below critical
+  EXPECT_NE(r.out.find("namespace_isolation_gap"), std::string::npos) << r.out;
+  args.insert(args.begin() + 1, {"--fail-on", "warning"});
+  EXPECT_EQ(RunCtl(args).exit_code, 1);
 }
 
 class FakeAgentTest : public ::testing::Test {

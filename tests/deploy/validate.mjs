@@ -1,7 +1,8 @@
 // Validates the rendered deploy/ manifests (tests/deploy/validate.sh runs it; see README.md there).
 //
 //   node validate.mjs --modules DIR --repo ROOT --base BASE.yaml --overlay OVERLAY.yaml
-//                     [--compare-base B2.yaml --compare-overlay O2.yaml]
+//                     [--monitoring MONITORING.yaml]
+//                     [--compare-base B2.yaml --compare-overlay O2.yaml [--compare-monitoring M2.yaml]]
 //
 // DIR holds node_modules (npm ci of package-lock.json, outside the source tree). Every object is
 // checked against the Kubernetes OpenAPI schema (kubernetes-models), then the security-relevant
@@ -26,6 +27,12 @@ function parseArgs(argv) {
 const args = parseArgs(process.argv.slice(2));
 const require = createRequire(path.join(path.resolve(args.modules), 'package.json'));
 const YAML = require('yaml');
+const monitoringModels = {
+  'v1/ConfigMap': require('kubernetes-models/v1').ConfigMap,
+  'monitoring.coreos.com/v1/PrometheusRule':
+    require('@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1').PrometheusRule,
+  'monitoring.coreos.com/v1/PodMonitor': require('@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1').PodMonitor,
+};
 const models = {
   'v1/Namespace': require('kubernetes-models/v1').Namespace,
   'v1/ServiceAccount': require('kubernetes-models/v1').ServiceAccount,
@@ -70,10 +77,10 @@ function loadObjects(file, label) {
   return objects;
 }
 
-function schemaCheck(objects, label) {
+function schemaCheck(objects, label, known = models) {
   for (const obj of objects) {
     const id = `${label}: ${obj?.kind ?? '?'} ${obj?.metadata?.name ?? '?'}`;
-    const Model = models[`${obj?.apiVersion}/${obj?.kind}`];
+    const Model = known[`${obj?.apiVersion}/${obj?.kind}`];
     if (!check(Model, `${id}: unknown kind ${obj?.apiVersion}/${obj?.kind} (not one the agent's manifests should contain)`)) continue;
     try {
       new Model(obj).validate();
@@ -380,6 +387,64 @@ function checkOverlay(base, overlay) {
   if (v) check(isDeepStrictEqual(strip(overlay.ds), base.ds), `${label}: the DaemonSet differs from the base by more than the CA volume`);
 }
 
+// deploy/monitoring: the PrometheusRule is the plain rules file, the PodMonitor scrapes the
+// DaemonSet's metrics port under the job the alerts use, and each dashboard reaches Grafana's sidecar.
+function checkMonitoring(objects, base, repo) {
+  const label = 'monitoring';
+  schemaCheck(objects, label, monitoringModels);
+  for (const o of objects) {
+    check(o.metadata?.namespace === NAMESPACE, `${label}: ${o.kind} ${o.metadata?.name} is in namespace ${o.metadata?.namespace}, want ${NAMESPACE}`);
+    check(o.metadata?.labels?.['app.kubernetes.io/part-of'] === 'meshtls', `${label}: ${o.kind} ${o.metadata?.name} lacks app.kubernetes.io/part-of: meshtls`);
+  }
+
+  // PrometheusRule == rules/meshtls-alerts.yaml (check_monitoring.py compares the text; this the YAML).
+  const rules = YAML.parse(readFileSync(path.join(repo, 'deploy/monitoring/rules/meshtls-alerts.yaml'), 'utf8'));
+  const pr = one(objects, 'PrometheusRule', label);
+  check(isDeepStrictEqual(pr?.spec?.groups, rules?.groups),
+    `${label}: PrometheusRule ${pr?.metadata?.name} spec.groups differ from deploy/monitoring/rules/meshtls-alerts.yaml (run tests/monitoring/check_monitoring.py --update)`);
+  const exprs = (rules?.groups ?? []).flatMap((g) => g.rules ?? []).map((r) => r.expr ?? '').join('\n');
+  const job = [...exprs.matchAll(/up\{job="([^"]+)"\}/g)].map((m) => m[1]);
+  check(job.length > 0 && job.every((j) => j === job[0]), `${label}: the alerts should select up{job="..."} with one job name, found ${JSON.stringify(job)}`);
+
+  // PodMonitor: selects the agent pods, scrapes the container port of ports.metrics, job name = the alerts'.
+  const pm = one(objects, 'PodMonitor', label);
+  const podLabels = base.ds?.spec?.template?.metadata?.labels ?? {};
+  const sel = pm?.spec?.selector?.matchLabels ?? {};
+  check(Object.keys(sel).length > 0 && Object.entries(sel).every(([k, v]) => podLabels[k] === v) && !pm?.spec?.selector?.matchExpressions,
+    `${label}: PodMonitor selector ${JSON.stringify(sel)} does not select the DaemonSet's pods ${JSON.stringify(podLabels)}`);
+  check(isDeepStrictEqual(pm?.spec?.namespaceSelector?.matchNames, [NAMESPACE]), `${label}: PodMonitor namespaceSelector must be [${NAMESPACE}]`);
+  check(podLabels[pm?.spec?.jobLabel] === job[0],
+    `${label}: PodMonitor jobLabel ${pm?.spec?.jobLabel} gives job ${JSON.stringify(podLabels[pm?.spec?.jobLabel])}, the alerts use ${JSON.stringify(job[0])}`);
+  const endpoints = pm?.spec?.podMetricsEndpoints ?? [];
+  check(endpoints.length === 1, `${label}: PodMonitor should have one podMetricsEndpoint, has ${endpoints.length}`);
+  const port = (base.container?.ports ?? []).find((p) => p.name === endpoints[0]?.port);
+  check(port && port.containerPort === (base.config.ports?.metrics ?? 15020) && (endpoints[0]?.path ?? '/metrics') === '/metrics',
+    `${label}: PodMonitor port ${JSON.stringify(endpoints[0]?.port)} path ${endpoints[0]?.path} must be the DaemonSet's container port of ports.metrics, path /metrics`);
+
+  // Dashboards: one ConfigMap each, labelled for the sidecar, holding the file as it is.
+  const dir = path.join(repo, 'deploy/monitoring/dashboards');
+  const files = readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
+  const cms = byKind(objects, 'ConfigMap');
+  const keys = cms.flatMap((c) => Object.keys(c.data ?? {})).sort();
+  check(isDeepStrictEqual(keys, files), `${label}: dashboard ConfigMap keys ${JSON.stringify(keys)} != deploy/monitoring/dashboards files ${JSON.stringify(files)}`);
+  for (const c of cms) {
+    const id = `${label}: ConfigMap ${c.metadata?.name}`;
+    check(c.metadata?.labels?.grafana_dashboard === '1', `${id}: label grafana_dashboard must be "1" (Grafana's sidecar looks for it), is ${JSON.stringify(c.metadata?.labels?.grafana_dashboard)}`);
+    check(Object.keys(c.data ?? {}).length === 1, `${id}: one dashboard per ConfigMap`);
+    // kubectl apply (client side) stores the object in an annotation limited to 256 KiB.
+    check(JSON.stringify(c).length < 200 * 1024, `${id}: ${JSON.stringify(c).length} bytes, too close to kubectl apply's 256 KiB annotation limit`);
+    for (const [key, text] of Object.entries(c.data ?? {})) {
+      if (files.includes(key)) check(text === readFileSync(path.join(dir, key), 'utf8'), `${id}: ${key} differs from deploy/monitoring/dashboards/${key}`);
+      try {
+        const d = JSON.parse(text);
+        check(d.uid && d.title, `${id}: ${key} has no uid or title`);
+      } catch (e) {
+        check(false, `${id}: ${key} is not JSON: ${e.message}`);
+      }
+    }
+  }
+}
+
 // Same objects from a second kubectl/kustomize (kustomize v2.0.3 adds empty annotations maps).
 function normalize(objects) {
   const drop = (x) => {
@@ -429,13 +494,17 @@ function checkContainerfile(repo) {
 const repo = path.resolve(args.repo);
 const baseObjects = loadObjects(args.base, 'base');
 const overlayObjects = loadObjects(args.overlay, 'overlay shared-ca');
+const monitoringObjects = args.monitoring ? loadObjects(args.monitoring, 'monitoring') : [];
 const base = checkAll(baseObjects, 'base', repo);
 const overlay = checkAll(overlayObjects, 'overlay shared-ca', repo);
 if (base.ds && overlay.ds) checkOverlay(base, overlay);
+if (args.monitoring) checkMonitoring(monitoringObjects, base, repo);
 checkContainerfile(repo);
 
 if (args['compare-base'] || args['compare-overlay']) {
-  for (const [mine, other, label] of [[baseObjects, args['compare-base'], 'base'], [overlayObjects, args['compare-overlay'], 'overlay shared-ca']]) {
+  const pairs = [[baseObjects, args['compare-base'], 'base'], [overlayObjects, args['compare-overlay'], 'overlay shared-ca']];
+  if (args['compare-monitoring']) pairs.push([monitoringObjects, args['compare-monitoring'], 'monitoring']);
+  for (const [mine, other, label] of pairs) {
     const theirs = loadObjects(other, `${label} (second kubectl)`);
     check(isDeepStrictEqual(normalize(mine), normalize(theirs)), `${label}: the second kubectl renders different objects`);
   }
@@ -446,4 +515,5 @@ if (failures.length) {
   for (const f of failures) console.error(`  FAIL ${f}`);
   process.exit(1);
 }
-console.log(`validate.mjs: ${checks} checks passed (${baseObjects.length} base objects, ${overlayObjects.length} overlay objects)`);
+console.log(`validate.mjs: ${checks} checks passed (${baseObjects.length} base objects, ${overlayObjects.length} overlay objects, ` +
+  `${monitoringObjects.length} monitoring objects)`);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Renders deploy/base and deploy/overlays/shared-ca with kubectl's kustomize and validates every
+# Renders deploy/base, deploy/overlays/shared-ca and deploy/monitoring with kubectl's kustomize and validates every
 # object (Kubernetes schemas + the security-relevant fields) with validate.mjs; then proves the
 # validator can fail, by running it on deliberately broken copies. See tests/deploy/README.md.
 #
@@ -32,13 +32,15 @@ render() { # KUBECTL DIR OUT
 }
 render "$kubectl" deploy/base "$tmp/base.yaml"
 render "$kubectl" deploy/overlays/shared-ca "$tmp/overlay.yaml"
+render "$kubectl" deploy/monitoring "$tmp/monitoring.yaml"
 echo "rendered with $("$kubectl" version --client 2>/dev/null | head -1)"
 compare=()
 if [ -n "${KUBECTL_COMPARE:-}" ]; then
   render "$KUBECTL_COMPARE" deploy/base "$tmp/base2.yaml"
   render "$KUBECTL_COMPARE" deploy/overlays/shared-ca "$tmp/overlay2.yaml"
+  render "$KUBECTL_COMPARE" deploy/monitoring "$tmp/monitoring2.yaml"
   echo "and with $("$KUBECTL_COMPARE" version --client 2>/dev/null | head -1)"
-  compare=(--compare-base "$tmp/base2.yaml" --compare-overlay "$tmp/overlay2.yaml")
+  compare=(--compare-base "$tmp/base2.yaml" --compare-overlay "$tmp/overlay2.yaml" --compare-monitoring "$tmp/monitoring2.yaml")
 fi
 
 # 2. npm packages, once per lock file. The lock serialises concurrent runs (ctest -j, build trees).
@@ -54,12 +56,12 @@ if ! cmp -s "$here/package-lock.json" "$cache/installed-lock.json" || [ ! -d "$c
   cp "$here/package-lock.json" "$cache/installed-lock.json"
 fi
 
-validate() { # BASE OVERLAY [extra args]
-  node "$here/validate.mjs" --modules "$cache" --repo "$repo" --base "$1" --overlay "$2" "${@:3}"
+validate() { # BASE OVERLAY MONITORING [extra args]
+  node "$here/validate.mjs" --modules "$cache" --repo "$repo" --base "$1" --overlay "$2" --monitoring "$3" "${@:4}"
 }
 
 # 3. The real manifests must pass.
-validate "$tmp/base.yaml" "$tmp/overlay.yaml" "${compare[@]}"
+validate "$tmp/base.yaml" "$tmp/overlay.yaml" "$tmp/monitoring.yaml" "${compare[@]}"
 
 # 3b. The agent itself must accept the shipped configuration (ctest passes the binary).
 if [ -n "${MESHTLS_AGENT:-}" ]; then
@@ -73,8 +75,8 @@ fi
 
 # 4. The validator must fail on broken manifests, each for the reason named.
 broken=0
-expect_failure() { # NAME FILE(base|overlay) SED-EXPRESSION EXPECTED-MESSAGE
-  local name=$1 which=$2 expr=$3 want=$4 b="$tmp/base.yaml" o="$tmp/overlay.yaml"
+expect_failure() { # NAME FILE(base|overlay|monitoring) SED-EXPRESSION EXPECTED-MESSAGE
+  local name=$1 which=$2 expr=$3 want=$4 b="$tmp/base.yaml" o="$tmp/overlay.yaml" m="$tmp/monitoring.yaml"
   cp "$tmp/$which.yaml" "$tmp/mutated.yaml"
   sed -i -e "$expr" "$tmp/mutated.yaml"
   if cmp -s "$tmp/$which.yaml" "$tmp/mutated.yaml"; then
@@ -82,8 +84,12 @@ expect_failure() { # NAME FILE(base|overlay) SED-EXPRESSION EXPECTED-MESSAGE
     broken=1
     return
   fi
-  if [ "$which" = base ]; then b="$tmp/mutated.yaml"; else o="$tmp/mutated.yaml"; fi
-  if validate "$b" "$o" >"$tmp/out" 2>&1; then
+  case $which in
+    base) b="$tmp/mutated.yaml" ;;
+    overlay) o="$tmp/mutated.yaml" ;;
+    monitoring) m="$tmp/mutated.yaml" ;;
+  esac
+  if validate "$b" "$o" "$m" >"$tmp/out" 2>&1; then
     echo "self-check '$name': the validator accepted broken manifests" >&2
     broken=1
   elif ! grep -qF -- "$want" "$tmp/out"; then
@@ -101,5 +107,9 @@ expect_failure 'grace period below drainTimeout' base 's/terminationGracePeriodS
 expect_failure 'CA secret mode 0644' overlay 's/defaultMode: 256/defaultMode: 420/' 'defaultMode is 420'
 expect_failure 'unknown config key' base 's/^    drainTimeout: 20s/    drainTimout: 20s/' "key 'drainTimout'"
 expect_failure 'unknown kind' base '$a ---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: meshtls-ca\n  namespace: meshtls-system' 'unknown kind v1/Secret'
+expect_failure 'dashboard without the sidecar label' monitoring 's/grafana_dashboard: "1"/grafana_dashboard: "0"/' 'label grafana_dashboard must be "1"'
+expect_failure 'PodMonitor on a port the pod lacks' monitoring 's/^    port: metrics$/    port: metric/' 'PodMonitor port "metric"'
+expect_failure 'PrometheusRule drifted' monitoring '0,/severity: warning/s//severity: page/' 'spec.groups differ from deploy/monitoring/rules/meshtls-alerts.yaml'
+expect_failure 'PrometheusRule for: not a duration' monitoring '0,/for: 10m/s//for: 10 minutes/' 'must match pattern'
 [ "$broken" -eq 0 ] || die "the validator's self-checks failed (see above)"
 echo "deploy.manifests: passed"

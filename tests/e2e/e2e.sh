@@ -120,6 +120,9 @@ spec:
   expect_eq "PERMISSIVE: plaintext passes" "n2a:hello" "$(send out 10.0.2.2 8080 hello)"
   expect_contains "PERMISSIVE plaintext is logged as tls=false" "$TOPO_ROOT/access-2.log" \
     '"direction":"passthrough".*"result":"ok".*"tls":false'
+  scrape "$(topo_metrics_port 2)" /metrics | tail -n +2 >"$TOPO_ROOT/metrics.prom"
+  expect_eq "the plaintext connection is counted as a PERMISSIVE one" 1 \
+    "$(metric_sum "$TOPO_ROOT/metrics.prom" meshtls_plaintext_connections_total 'destination_workload="n2a"' 'mode="PERMISSIVE"')"
   expect_eq "PERMISSIVE: mesh traffic still uses mTLS" "n2a:meshed" "$(send n1a 10.0.2.2 8080 meshed)"
   expect_contains "mesh traffic logged with TLS" "$TOPO_ROOT/access-2.log" '"direction":"inbound".*"tls":true'
   expect_eq "DISABLE: plaintext reaches the pod" "n2b:direct" "$(send out 10.0.2.3 8080 direct)"
@@ -128,6 +131,23 @@ spec:
   else
     pass "DISABLE: the agent left the port alone"
   fi
+  # DISABLE turns mTLS off, not authorization: once a policy selects the pod, the agent takes its
+  # plaintext in to enforce it.
+  policy deny-outside 'apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-outside, namespace: other}
+spec:
+  selector: {matchLabels: {app: legacy}}
+  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: ["10.0.9.0/24"]}}]'
+  wait_reload 1
+  expect_eq "DISABLE: an AuthorizationPolicy still applies to plaintext" reset "$(send out 10.0.2.3 8080 denied)"
+  expect_contains "and the denial is logged" "$TOPO_ROOT/access-2.log" '"dst_workload":"other/n2b".*"reason":"policy_denied"'
+  expect_eq "policy check says the same" "DENY deny_policy_matched DISABLE workload" \
+    "$(ctl 2 -o json policy check --to other/n2b --port 8080 --plaintext --from-ip 10.0.9.2 >"$TOPO_ROOT/check.json" && \
+       json_get "$TOPO_ROOT/check.json" "' '.join([d['decision'], d['reason'], d['mtls_mode'], d['mtls_mode_level']])")"
+  expect_eq "DISABLE: other sources still get through" "n2b:inside" "$(send n2a 10.0.2.3 8080 inside)"
 }
 
 test_authorization() {
@@ -287,6 +307,8 @@ test_bad_input() {
   expect_contains "garbage is closed with a reason" "$TOPO_ROOT/access-2.log" '"reason":"not_tls"'
   expect_contains "a TLS 1.2 hello is refused" "$TOPO_ROOT/access-2.log" '"reason":"protocol_version"'
   expect_contains "a stalled handshake times out" "$TOPO_ROOT/access-2.log" '"reason":"handshake_timeout"'
+  expect_contains "failed handshakes get mtls_handshake event lines" "$TOPO_ROOT/access-2.log" \
+    '"event":"mtls_handshake","failure_reason":"handshake_timeout".*"result":"failure"'
   expect_contains "the pending-handshake limit is logged" "$TOPO_ROOT/agent2.log" 'limit maxPendingHandshakes'
   local rss; rss=$(awk '/VmRSS/ {print $2}' "/proc/${TOPO_AGENT_PIDS[2]}/status")
   [[ $rss -lt 200000 ]] && pass "agent memory stayed bounded (${rss} KiB RSS)" || fail "agent RSS ${rss} KiB"
@@ -580,6 +602,68 @@ test_inspection() {
   expect_eq "istio_tcp_received_bytes_total counted the request bytes (5 x 7)" 35 \
     $(( $(metric_sum "$out/after.prom" istio_tcp_received_bytes_total "${labels[@]}") - $(metric_sum "$out/before.prom" istio_tcp_received_bytes_total "${labels[@]}") ))
   expect_eq "readiness answers 200" 200 "$(scrape $((port + 1)) /healthz/ready | head -1)"
+  expect_eq "meshtls_ready is 1" 1 "$(metric_sum "$out/after.prom" meshtls_ready)"
+  expect_eq "meshtls_policy_last_reload_successful is 1" 1 "$(metric_sum "$out/after.prom" meshtls_policy_last_reload_successful)"
+  expect_contains "the CA's expiry is exported" "$out/after.prom" '^meshtls_ca_expiration_timestamp_seconds{role="root"'
+  expect_contains "and each SVID's renewal time" "$out/after.prom" '^meshtls_certificate_renewal_timestamp_seconds{spiffe_id="spiffe://cluster.local/ns/default/sa/sleep"}'
+  # The alert rules and dashboards name only metrics this agent exports.
+  if /usr/bin/python3 "$here/../monitoring/check_monitoring.py" --skip-self-test --scrape "$out/after.prom" >"$out/monitoring.txt" 2>&1; then
+    pass "alert rules and dashboards use only metrics in the live scrape"
+  else
+    fail "monitoring check: $(tail -5 "$out/monitoring.txt")"
+  fi
+
+  # policy check: the live agent and the offline files give the same answer, and the data path
+  # does what it says.
+  policy deny-intruder 'apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-intruder, namespace: default}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/intruder"]}}]'
+  wait_reload 1
+  local q k offline_args=(--policy-dir "$TOPO_ROOT/policies" --workloads "$TOPO_ROOT/workloads.yaml")
+  local -a queries=(
+    "--to default/n2a --port 8080 --from-principal cluster.local/ns/default/sa/intruder"
+    "--to default/n2a --port 8080 --from-principal cluster.local/ns/default/sa/sleep"
+    "--to default/n2a --port 8080 --plaintext --from-ip 10.0.1.2"
+    "--to default/n1a --port 9000 --from-namespace other"
+  )
+  k=0
+  for q in "${queries[@]}"; do
+    k=$((k + 1))
+    # shellcheck disable=SC2086
+    ctl 2 -o json policy check $q >"$out/check-live-$k.json" 2>&1 || fail "policy check (live) $q: $(cat "$out/check-live-$k.json")"
+    # shellcheck disable=SC2086
+    "$CTL" -o json policy check $q "${offline_args[@]}" >"$out/check-offline-$k.json" 2>&1 || fail "policy check (offline) $q: $(cat "$out/check-offline-$k.json")"
+    if diff -u "$out/check-live-$k.json" "$out/check-offline-$k.json" >"$out/check-diff-$k.txt"; then
+      pass "policy check $q: live and offline agree ($(json_get "$out/check-live-$k.json" "d['decision'] + ' ' + d['reason']"))"
+    else
+      fail "policy check $q: live and offline differ: $(head -20 "$out/check-diff-$k.txt")"
+    fi
+  done
+  expect_eq "the intruder is denied by deny-intruder" "DENY deny_policy_matched default/deny-intruder" \
+    "$(json_get "$out/check-live-1.json" "' '.join([d['decision'], d['reason'], d['policy']])")"
+  expect_eq "and so it is on the wire" reset "$(send n1b 10.0.2.2 8080 intruder)"
+  expect_eq "sleep is allowed (no ALLOW policy selects n2a)" "ALLOW default_allow" \
+    "$(json_get "$out/check-live-2.json" "d['decision'] + ' ' + d['reason']")"
+  expect_eq "and it is" n2a:checked "$(send n1a 10.0.2.2 8080 checked)"
+  expect_eq "plaintext is refused under STRICT" "DENY plaintext_in_strict STRICT" \
+    "$(json_get "$out/check-live-3.json" "' '.join([d['decision'], d['reason'], d['mtls_mode']])")"
+
+  # audit: live = the policy findings (the same as offline) + the live ones.
+  ctl 1 -o json audit --fail-on critical >"$out/audit-live.json" 2>&1; local rc=$?
+  expect_eq "audit --fail-on critical passes a STRICT mesh" 0 "$rc"
+  ctl 1 audit --fail-on warning >"$out/audit-live.txt" 2>&1; rc=$?
+  expect_eq "audit --fail-on warning fails on its namespace isolation gap" 1 "$rc"
+  expect_contains "audit names the gap" "$out/audit-live.txt" "namespace_isolation_gap  *default"
+  "$CTL" -o json audit "${offline_args[@]}" >"$out/audit-offline.json" 2>&1
+  local live_policy offline_policy
+  live_policy=$(json_get "$out/audit-live.json" "sorted((f['code'], f['subject']) for f in d['findings'] if f['code'] not in ('svid_rotation_overdue', 'ca_expiring', 'chain_missing_intermediate', 'ktls_fallback'))")
+  offline_policy=$(json_get "$out/audit-offline.json" "sorted((f['code'], f['subject']) for f in d['findings'])")
+  expect_eq "audit: live and offline policy findings agree" "$offline_policy" "$live_policy"
 }
 
 test_lifecycle() {

@@ -168,4 +168,36 @@ absl::StatusOr<v1::RotateCertificatesResponse> FakeAgentView::Rotate(const std::
   return response;
 }
 
+absl::StatusOr<v1::CheckAccessResponse> FakeAgentView::CheckAccess(const v1::CheckAccessRequest& request) const {
+  if (request.destination_workload() != "default/web") {
+    return absl::NotFoundError("no workload '" + request.destination_workload() + "' in the registry");
+  }
+  v1::CheckAccessResponse out;
+  out.set_decision(v1::DECISION_DENY);
+  out.set_mtls_mode(v1::MTLS_MODE_STRICT);
+  out.set_mtls_mode_level("mesh");
+  out.set_peer_authentication("istio-system/default");
+  out.set_policy("default/deny-db");
+  out.set_reason("deny_policy_matched");
+  out.set_detail("denied by DENY policy default/deny-db rule 0");
+  v1::ConsideredPolicy* considered = out.add_considered();
+  considered->set_policy("default/deny-db");
+  considered->set_action("DENY");
+  considered->set_matched(true);
+  considered->set_rule(0);
+  considered->set_why("rule 0 matched");
+  out.set_source_principal(request.source_principal());
+  return out;
+}
+
+v1::AuditResponse FakeAgentView::Audit() const {
+  v1::AuditResponse out;
+  v1::Finding* finding = out.add_findings();
+  finding->set_severity(v1::SEVERITY_WARNING);
+  finding->set_code("permissive_mode");
+  finding->set_subject("default/web");
+  finding->set_detail("PERMISSIVE (no PeerAuthentication: Istio's default): plaintext is accepted");
+  return out;
+}
+
 }  // namespace meshtls::inspect::testing

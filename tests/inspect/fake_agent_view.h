@@ -22,6 +22,9 @@ class FakeAgentView : public AgentView {
   v1::ListCertificatesResponse Certificates() const override;
   absl::StatusOr<v1::GetPolicyResponse> Policy(const std::string& workload) const override;
   absl::StatusOr<v1::RotateCertificatesResponse> Rotate(const std::string& spiffe_id) override;
+  // default/web: DENY by default/deny-db; anything else: NotFound.
+  absl::StatusOr<v1::CheckAccessResponse> CheckAccess(const v1::CheckAccessRequest& request) const override;
+  v1::AuditResponse Audit() const override;
 
   int rotate_calls() const { return rotate_calls_.load(); }
 

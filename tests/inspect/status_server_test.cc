@@ -273,6 +273,24 @@ TEST_F(StatusServerTest, EveryRpcReturnsWhatTheViewReturns) {
     EXPECT_EQ(response.rotated_size(), id.empty() ? 2 : 1);
   }
   EXPECT_EQ(view_.rotate_calls(), 4);  // two through the API, two by the test
+  {
+    grpc::ClientContext context;
+    v1::CheckAccessRequest request;
+    request.set_destination_workload("default/web");
+    request.set_port(8080);
+    request.set_source_principal("cluster.local/ns/data/sa/db");
+    v1::CheckAccessResponse response;
+    ASSERT_TRUE(stub->CheckAccess(&context, request, &response).ok());
+    EXPECT_PROTO_EQ(response, *view_.CheckAccess(request));
+    EXPECT_EQ(response.reason(), "deny_policy_matched");
+  }
+  {
+    grpc::ClientContext context;
+    v1::AuditResponse response;
+    ASSERT_TRUE(stub->Audit(&context, {}, &response).ok());
+    EXPECT_PROTO_EQ(response, view_.Audit());
+    EXPECT_EQ(response.findings_size(), 1);
+  }
 }
 
 TEST_F(StatusServerTest, NotFoundComesThroughWithItsMessage) {
@@ -295,6 +313,15 @@ TEST_F(StatusServerTest, NotFoundComesThroughWithItsMessage) {
     grpc::Status status = stub->RotateCertificates(&context, request, &response);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
     EXPECT_EQ(status.error_message(), "no SVID held for spiffe://cluster.local/ns/x/sa/y");
+  }
+  {
+    grpc::ClientContext context;
+    v1::CheckAccessRequest request;
+    request.set_destination_workload("nobody/here");
+    v1::CheckAccessResponse response;
+    grpc::Status status = stub->CheckAccess(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_EQ(status.error_message(), "no workload 'nobody/here' in the registry");
   }
 }
 

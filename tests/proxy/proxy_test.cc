@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <chrono>
 #include <future>
 
 #include "meshtls/proxy/access_log.h"
@@ -149,6 +151,71 @@ TEST(AccessLogTest, OneJsonLinePerConnectionWithEveryField) {
   EXPECT_EQ(json["reason"], "policy_denied");
   EXPECT_TRUE(json.contains("duration_ms"));
   EXPECT_TRUE(json.contains("time"));
+}
+
+TEST(AccessLogTest, HandshakeEventLineHasTheIssuesFields) {
+  char path[] = "/tmp/meshtls-access-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  {
+    auto log = AccessLog::Create(path);
+    ASSERT_TRUE(log.ok()) << log.status();
+    ConnectionRecord record;
+    record.connection_id = 42;
+    record.direction = "inbound";
+    record.source_workload = "default/sleep";
+    record.source_identity = "spiffe://other.example/ns/default/sa/sleep";
+    record.destination_workload = "default/httpbin";
+    record.reason = "unknown_ca";
+    EXPECT_TRUE((*log)->WriteHandshake(record, false, std::chrono::microseconds(2500)));
+  }
+  const std::string line = meshtls::testing::ReadFile(path);
+  unlink(path);
+  auto json = nlohmann::json::parse(line);
+  EXPECT_EQ(json["event"], "mtls_handshake");
+  EXPECT_EQ(json["connection_id"], 42);
+  EXPECT_EQ(json["src_workload"], "default/sleep");
+  EXPECT_EQ(json["src_identity"], "spiffe://other.example/ns/default/sa/sleep");
+  EXPECT_EQ(json["dst_workload"], "default/httpbin");
+  EXPECT_EQ(json["result"], "failure");
+  EXPECT_EQ(json["failure_reason"], "unknown_ca");
+  EXPECT_TRUE(json.contains("tls_version"));
+  EXPECT_DOUBLE_EQ(json["duration_ms"].get<double>(), 2.5);
+}
+
+// A flood of failing handshakes (a scanner, a peer with the wrong CA) writes a bounded number of
+// lines; the rest are counted, none is lost without a trace.
+TEST(AccessLogTest, HandshakeEventFloodIsBoundedAndCounted) {
+  char path[] = "/tmp/meshtls-access-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  constexpr int kAttempts = 10'000;
+  const HandshakeEventBudget budget{.per_second = 50, .burst = 200};
+  uint64_t suppressed = 0;
+  int refused = 0;
+  const auto started = std::chrono::steady_clock::now();
+  {
+    auto log = AccessLog::Create(path, budget);
+    ASSERT_TRUE(log.ok()) << log.status();
+    ConnectionRecord record;
+    record.direction = "inbound";
+    record.reason = "not_tls";
+    for (int i = 0; i < kAttempts; ++i) {
+      record.connection_id = static_cast<uint64_t>(i + 1);
+      if (!(*log)->WriteHandshake(record, false, std::chrono::microseconds(10))) ++refused;
+    }
+    suppressed = (*log)->handshake_events_suppressed();
+  }
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const std::string text = meshtls::testing::ReadFile(path);
+  unlink(path);
+  const auto lines = static_cast<int>(std::count(text.begin(), text.end(), '\n'));
+  EXPECT_GE(lines, 200) << "the burst is written";
+  EXPECT_LE(lines, 200 + static_cast<int>(50 * elapsed) + 1) << "after " << elapsed << " s";
+  EXPECT_EQ(static_cast<int>(suppressed), kAttempts - lines);
+  EXPECT_EQ(refused, kAttempts - lines);
 }
 
 TEST(AccessLogTest, BadTargetsAreClearErrors) {

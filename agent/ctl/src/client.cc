@@ -128,6 +128,18 @@ absl::StatusOr<v1::RotateCertificatesResponse> StatusClient::RotateCertificates(
   });
 }
 
+absl::StatusOr<v1::CheckAccessResponse> StatusClient::CheckAccess(const v1::CheckAccessRequest& request) {
+  return Unary<v1::CheckAccessResponse>(options_, request, [&](auto* c, const auto& q, auto* r) {
+    return stub_->CheckAccess(c, q, r);
+  });
+}
+
+absl::StatusOr<v1::AuditResponse> StatusClient::Audit() {
+  return Unary<v1::AuditResponse>(options_, v1::AuditRequest{}, [&](auto* c, const auto& q, auto* r) {
+    return stub_->Audit(c, q, r);
+  });
+}
+
 absl::Status StatusClient::WatchEvents(const v1::WatchEventsRequest& request,
                                        const std::function<void(const v1::Event&)>& on_event) {
   grpc::ClientContext context;

@@ -285,6 +285,81 @@ std::string RenderRotation(const v1::RotateCertificatesResponse& r, const Render
   return StrCat(table.Render(), "\nRotated ", r.rotated_size(), r.rotated_size() == 1 ? " certificate.\n" : " certificates.\n");
 }
 
+std::string SeverityName(v1::Severity severity) {
+  switch (severity) {
+    case v1::SEVERITY_INFO: return "info";
+    case v1::SEVERITY_WARNING: return "warning";
+    case v1::SEVERITY_CRITICAL: return "critical";
+    default: return "-";
+  }
+}
+
+std::optional<v1::Severity> ParseSeverity(std::string_view name) {
+  if (name == "info") return v1::SEVERITY_INFO;
+  if (name == "warning") return v1::SEVERITY_WARNING;
+  if (name == "critical") return v1::SEVERITY_CRITICAL;
+  return std::nullopt;
+}
+
+// Structured output with the short names scripts compare against ("ALLOW", "STRICT", "warning")
+// and null for "no policy", rather than the proto's enum value names.
+static std::optional<std::string> StructuredShort(nlohmann::ordered_json value, const RenderOptions& options) {
+  switch (options.format) {
+    case OutputFormat::kJson: return value.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+    case OutputFormat::kYaml: return JsonToYaml(value);
+    case OutputFormat::kTable: break;
+  }
+  return std::nullopt;
+}
+
+std::string RenderCheckAccess(const v1::CheckAccessResponse& r, const RenderOptions& options) {
+  if (options.format != OutputFormat::kTable) {
+    nlohmann::ordered_json value = ToJsonValue(r);
+    value["decision"] = r.decision() == v1::DECISION_ALLOW ? "ALLOW" : "DENY";
+    value["mtls_mode"] = ModeName(r.mtls_mode());
+    if (r.policy().empty()) value["policy"] = nullptr;
+    if (r.peer_authentication().empty()) value["peer_authentication"] = nullptr;
+    return *StructuredShort(std::move(value), options);
+  }
+  KeyValues head;
+  head.Add("Decision", r.decision() == v1::DECISION_ALLOW ? "ALLOW" : "DENY");
+  head.Add("mTLS mode", StrCat(ModeName(r.mtls_mode()), " (",
+                               r.peer_authentication().empty() ? std::string("no PeerAuthentication: Istio's default")
+                                                               : StrCat("PeerAuthentication ", r.peer_authentication(),
+                                                                        ", ", r.mtls_mode_level(), " level"),
+                               ")"));
+  head.Add("Source", r.source_principal().empty() ? std::string("plaintext (no identity)") : r.source_principal());
+  head.Add("Policy", r.policy().empty() ? std::string("-") : r.policy());
+  head.Add("Reason", StrCat(r.reason(), ": ", r.detail()));
+  std::string out = head.Render();
+  if (r.considered_size() == 0) {
+    out += "\nNo AuthorizationPolicy selects this workload.\n";
+  } else {
+    Table table({"ACTION", "POLICY", "MATCHED", "WHY"});
+    for (const auto& c : r.considered()) table.AddRow({c.action(), c.policy(), c.matched() ? "yes" : "no", c.why()});
+    StrAppend(&out, "\n", table.Render());
+  }
+  for (const auto& w : r.warnings()) StrAppend(&out, "Warning: ", w, "\n");
+  return out;
+}
+
+std::string RenderAudit(const v1::AuditResponse& r, const RenderOptions& options) {
+  if (options.format != OutputFormat::kTable) {
+    nlohmann::ordered_json value = ToJsonValue(r);
+    for (int i = 0; i < r.findings_size(); ++i) value["findings"][i]["severity"] = SeverityName(r.findings(i).severity());
+    return *StructuredShort(std::move(value), options);
+  }
+  if (r.findings_size() == 0) return "No findings.\n";
+  Table table({"SEVERITY", "FINDING", "SUBJECT", "DETAIL"});
+  std::map<v1::Severity, int> counts;
+  for (const auto& f : r.findings()) {
+    table.AddRow({SeverityName(f.severity()), f.code(), f.subject(), f.detail()});
+    counts[f.severity()]++;
+  }
+  return StrCat(table.Render(), "\n", r.findings_size(), " finding(s): ", counts[v1::SEVERITY_CRITICAL], " critical, ",
+                counts[v1::SEVERITY_WARNING], " warning, ", counts[v1::SEVERITY_INFO], " info\n");
+}
+
 std::string RenderEvent(const v1::Event& e, const RenderOptions& options) {
   switch (options.format) {
     case OutputFormat::kJson: return ToJson(e, /*pretty=*/false);

@@ -162,10 +162,12 @@ std::string ToJson(const Message& message, bool pretty) {
   return ToJsonValue(message).dump(pretty ? 2 : -1, ' ', false, Json::error_handler_t::replace) + "\n";
 }
 
-std::string ToYaml(const Message& message) {
+std::string ToYaml(const Message& message) { return JsonToYaml(ToJsonValue(message)); }
+
+std::string JsonToYaml(const nlohmann::ordered_json& value) {
   YAML::Emitter out;
   out.SetNullFormat(YAML::LowerNull);
-  EmitYaml(out, ToJsonValue(message));
+  EmitYaml(out, value);
   return std::string(out.c_str()) + "\n";
 }
 

@@ -20,7 +20,12 @@ SvidStore::Clock::time_point SvidStore::RotationTime(const Svid& svid, Clock::ti
 }
 
 absl::Status SvidStore::Renew(Entry& entry) {
+  const auto started = std::chrono::steady_clock::now();
   absl::StatusOr<Svid> svid = provider_.Issue(entry.state.id, options_.issue);
+  if (options_.metrics) {
+    options_.metrics->SvidIssuanceDuration(std::chrono::duration_cast<std::chrono::microseconds>(
+        std::chrono::steady_clock::now() - started));
+  }
   const auto now = options_.now();
   if (!svid.ok()) {
     ++entry.state.failures;
@@ -44,9 +49,11 @@ absl::Status SvidStore::Renew(Entry& entry) {
   entry.state.not_before = fresh->not_before;
   entry.state.not_after = fresh->not_after;
   entry.state.rotate_at = RotationTime(*fresh, now);
+  entry.state.renewal_due = entry.state.rotate_at;
   if (options_.metrics) {
     options_.metrics->SvidRenewal(true);
     options_.metrics->SvidExpiry(fresh->id.ToString(), fresh->not_after);
+    options_.metrics->SvidRenewalDue(fresh->id.ToString(), entry.state.renewal_due);
   }
   spdlog::info("svid issued for {}: serial {} valid until {}s from now, renewal in {}s",
                fresh->id.ToString(), fresh->serial_hex,
@@ -57,7 +64,7 @@ absl::Status SvidStore::Renew(Entry& entry) {
 
 absl::StatusOr<std::shared_ptr<const Svid>> SvidStore::Current(const SpiffeId& id) {
   std::lock_guard lock(mutex_);
-  auto [it, inserted] = entries_.try_emplace(id.ToString(), Entry{nullptr, SvidState{id, "", {}, {}, {}, 0, 0, ""}, {}});
+  auto [it, inserted] = entries_.try_emplace(id.ToString(), Entry{nullptr, SvidState{id, "", {}, {}, {}, {}, 0, 0, ""}, {}});
   Entry& entry = it->second;
   if (!entry.svid) {
     if (absl::Status st = Renew(entry); !st.ok()) return st;
@@ -88,6 +95,12 @@ std::vector<SvidState> SvidStore::States() const {
   std::vector<SvidState> out;
   for (const auto& [key, entry] : entries_) out.push_back(entry.state);
   return out;
+}
+
+std::shared_ptr<const Svid> SvidStore::Peek(const SpiffeId& id) const {
+  std::lock_guard lock(mutex_);
+  auto it = entries_.find(id.ToString());
+  return it == entries_.end() ? nullptr : it->second.svid;
 }
 
 void SvidStore::Forget(const SpiffeId& id) {

@@ -162,6 +162,19 @@ class StatusServiceImpl final : public v1::StatusService::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status CheckAccess(grpc::ServerContext*, const v1::CheckAccessRequest* request,
+                           v1::CheckAccessResponse* response) override {
+    absl::StatusOr<v1::CheckAccessResponse> answer = view_->CheckAccess(*request);
+    if (!answer.ok()) return ToGrpc(answer.status());
+    *response = *std::move(answer);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Audit(grpc::ServerContext*, const v1::AuditRequest*, v1::AuditResponse* response) override {
+    *response = view_->Audit();
+    return grpc::Status::OK;
+  }
+
   grpc::Status WatchEvents(grpc::ServerContext* context, const v1::WatchEventsRequest* request,
                            grpc::ServerWriter<v1::Event>* writer) override {
     // The subscription goes with this scope: a cancelled or finished stream stops costing

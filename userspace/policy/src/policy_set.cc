@@ -43,22 +43,38 @@ bool HasPort(const std::vector<uint16_t>& ports, uint16_t port) {
   return std::find(ports.begin(), ports.end(), port) != ports.end();
 }
 
-bool SourceMatches(const Source& s, Action action, const SourceAttributes& source) {
-  if (!s.principals.empty() && !AnyMatches(s.principals, source.principal)) return false;
-  if (!s.not_principals.empty() && !NoneMatches(s.not_principals, source.principal, action)) return false;
-  if (!s.namespaces.empty() && !AnyMatches(s.namespaces, source.namespace_name)) return false;
-  if (!s.not_namespaces.empty() && !NoneMatches(s.not_namespaces, source.namespace_name, action)) return false;
-  if (!s.ip_blocks.empty() && !AnyContains(s.ip_blocks, source.source_ip)) return false;
-  if (!s.not_ip_blocks.empty() && AnyContains(s.not_ip_blocks, source.source_ip)) return false;
-  if (!s.remote_ip_blocks.empty() && !AnyContains(s.remote_ip_blocks, source.source_ip)) return false;
-  if (!s.not_remote_ip_blocks.empty() && AnyContains(s.not_remote_ip_blocks, source.source_ip)) return false;
-  return true;
+// Each *Mismatch names the first part that does not match (for `policy check`), or is empty when
+// everything matches: the data path and the explanation share this one evaluation.
+std::string_view SourceMismatch(const Source& s, Action action, const SourceAttributes& source) {
+  if (!s.principals.empty() && !AnyMatches(s.principals, source.principal)) return "principals";
+  if (!s.not_principals.empty() && !NoneMatches(s.not_principals, source.principal, action)) return "notPrincipals";
+  if (!s.namespaces.empty() && !AnyMatches(s.namespaces, source.namespace_name)) return "namespaces";
+  if (!s.not_namespaces.empty() && !NoneMatches(s.not_namespaces, source.namespace_name, action)) return "notNamespaces";
+  if (!s.ip_blocks.empty() && !AnyContains(s.ip_blocks, source.source_ip)) return "ipBlocks";
+  if (!s.not_ip_blocks.empty() && AnyContains(s.not_ip_blocks, source.source_ip)) return "notIpBlocks";
+  if (!s.remote_ip_blocks.empty() && !AnyContains(s.remote_ip_blocks, source.source_ip)) return "remoteIpBlocks";
+  if (!s.not_remote_ip_blocks.empty() && AnyContains(s.not_remote_ip_blocks, source.source_ip)) return "notRemoteIpBlocks";
+  return {};
 }
 
-bool OperationMatches(const Operation& operation, const SourceAttributes& source) {
-  if (!operation.ports.empty() && !HasPort(operation.ports, source.destination_port)) return false;
-  if (!operation.not_ports.empty() && HasPort(operation.not_ports, source.destination_port)) return false;
-  return true;
+std::string_view OperationMismatch(const Operation& operation, const SourceAttributes& source) {
+  if (!operation.ports.empty() && !HasPort(operation.ports, source.destination_port)) return "ports";
+  if (!operation.not_ports.empty() && HasPort(operation.not_ports, source.destination_port)) return "notPorts";
+  return {};
+}
+
+std::string_view ConditionKeyName(ConditionKey key) {
+  switch (key) {
+    case ConditionKey::kSourceIp:
+      return "source.ip";
+    case ConditionKey::kSourceNamespace:
+      return "source.namespace";
+    case ConditionKey::kSourcePrincipal:
+      return "source.principal";
+    case ConditionKey::kDestinationPort:
+      return "destination.port";
+  }
+  return "?";
 }
 
 bool ConditionMatches(const Condition& c, Action action, const SourceAttributes& source) {
@@ -77,6 +93,46 @@ bool ConditionMatches(const Condition& c, Action action, const SourceAttributes&
              (c.not_port_values.empty() || !HasPort(c.not_port_values, source.destination_port));
   }
   return false;
+}
+
+// Empty when the rule matches; otherwise the part that did not ("from.principals",
+// "to.ports", "when source.ip", "L7 fields"). Only the explanation reads the text.
+std::string RuleMismatch(const Rule& rule, Action action, const SourceAttributes& source) {
+  if (rule.uses_l7 && action == Action::kAllow) return "uses L7 fields, which never match at L4";
+  if (!rule.from.empty()) {
+    std::string_view first;
+    bool any = false;
+    for (const Source& s : rule.from) {
+      std::string_view miss = SourceMismatch(s, action, source);
+      if (miss.empty()) {
+        any = true;
+        break;
+      }
+      if (first.empty()) first = miss;
+    }
+    if (!any) {
+      std::string why = rule.from.size() == 1 ? StrCat("from.", first) : StrCat("no from entry matched (first: ", first, ")");
+      if (!source.principal && (first == "principals" || first == "namespaces")) why += " (plaintext has no identity)";
+      return why;
+    }
+  }
+  if (!rule.to.empty()) {
+    std::string_view first;
+    bool any = false;
+    for (const Operation& operation : rule.to) {
+      std::string_view miss = OperationMismatch(operation, source);
+      if (miss.empty()) {
+        any = true;
+        break;
+      }
+      if (first.empty()) first = miss;
+    }
+    if (!any) return StrCat("to.", first, " (port ", source.destination_port, ")");
+  }
+  for (const Condition& condition : rule.when) {
+    if (!ConditionMatches(condition, action, source)) return StrCat("when ", ConditionKeyName(condition.key));
+  }
+  return {};
 }
 
 MtlsMode ToMode(ModeSetting setting) {
@@ -127,30 +183,18 @@ bool SelectorMatches(const Selector& selector, const std::map<std::string, std::
 
 bool RuleMatches(const Rule& rule, Action action, const SourceAttributes& source) {
   if (rule.uses_l7 && action == Action::kAllow) return false;
-  if (!rule.from.empty()) {
-    bool any = false;
-    for (const Source& s : rule.from) {
-      if (SourceMatches(s, action, source)) {
-        any = true;
-        break;
-      }
-    }
-    if (!any) return false;
+  if (!rule.from.empty() && std::none_of(rule.from.begin(), rule.from.end(), [&](const Source& s) {
+        return SourceMismatch(s, action, source).empty();
+      })) {
+    return false;
   }
-  if (!rule.to.empty()) {
-    bool any = false;
-    for (const Operation& operation : rule.to) {
-      if (OperationMatches(operation, source)) {
-        any = true;
-        break;
-      }
-    }
-    if (!any) return false;
+  if (!rule.to.empty() && std::none_of(rule.to.begin(), rule.to.end(), [&](const Operation& operation) {
+        return OperationMismatch(operation, source).empty();
+      })) {
+    return false;
   }
-  for (const Condition& condition : rule.when) {
-    if (!ConditionMatches(condition, action, source)) return false;
-  }
-  return true;
+  return std::all_of(rule.when.begin(), rule.when.end(),
+                     [&](const Condition& condition) { return ConditionMatches(condition, action, source); });
 }
 
 absl::StatusOr<std::shared_ptr<const PolicySet>> Builder::Finish() {
@@ -305,29 +349,75 @@ ModeResolution Resolve(const Index& index, const PolicyTarget& target) {
 
 }  // namespace
 
-MtlsMode PolicySet::ModeFor(const PolicyTarget& target, uint16_t port) const {
+std::pair<MtlsMode, ModeLevel> PolicySet::ModeAndLevelFor(const PolicyTarget& target, uint16_t port) const {
   ModeResolution resolution = Resolve(*index_, target);
   if (resolution.workload != nullptr) {
     auto it = resolution.workload->port_modes.find(port);
     if (it != resolution.workload->port_modes.end() && it->second != ModeSetting::kUnset) {
-      return internal::ToMode(it->second);
+      return {internal::ToMode(it->second), ModeLevel::kPort};
     }
   }
-  return resolution.mode;
+  ModeLevel level = ModeLevel::kDefault;
+  if (resolution.decided == nullptr) {
+    level = ModeLevel::kDefault;
+  } else if (resolution.decided == resolution.workload) {
+    level = ModeLevel::kWorkload;
+  } else if (resolution.decided == index_->mesh) {
+    level = ModeLevel::kMesh;
+  } else {
+    level = ModeLevel::kNamespace;
+  }
+  return {resolution.mode, level};
 }
 
-Decision PolicySet::Authorize(const PolicyTarget& target, const SourceAttributes& source) const {
+MtlsMode PolicySet::ModeFor(const PolicyTarget& target, uint16_t port) const {
+  return ModeAndLevelFor(target, port).first;
+}
+
+namespace {
+
+// The one authorization walk. `trace` null (the data path): stops at the first decision. Non-null
+// (Explain): evaluates every selecting policy and records each, the decision staying the same.
+Decision Evaluate(const Index& index, const std::string& root_namespace, const PolicyTarget& target,
+                  const SourceAttributes& source, std::vector<ConsideredPolicy>* trace, std::string* reason_code) {
   const Index::Namespace* spaces[2] = {
-      index_->Find(target.namespace_name),
-      target.namespace_name != root_namespace_ ? index_->Find(root_namespace_) : nullptr};
+      index.Find(target.namespace_name),
+      target.namespace_name != root_namespace ? index.Find(root_namespace) : nullptr};
+  std::optional<Decision> decided;
+  auto consider = [&](const AuthorizationPolicy* policy, bool deny) -> int {
+    const Action action = deny ? Action::kDeny : Action::kAllow;
+    int matched = -1;
+    for (size_t i = 0; i < policy->rules.size(); ++i) {
+      if (internal::RuleMatches(policy->rules[i], action, source)) {
+        matched = static_cast<int>(i);
+        break;
+      }
+    }
+    if (trace != nullptr) {
+      ConsideredPolicy entry{policy->id, deny, matched >= 0, matched, {}};
+      if (matched >= 0) {
+        entry.why = StrCat("rule ", matched, " matched");
+      } else if (policy->rules.empty()) {
+        entry.why = deny ? "no rules: a DENY without rules matches nothing" : "no rules (spec: {}): denies every connection";
+      } else {
+        for (size_t i = 0; i < policy->rules.size(); ++i) {
+          StrAppend(&entry.why, i == 0 ? "" : "; ", "rule ", i, ": ",
+                    internal::RuleMismatch(policy->rules[i], action, source));
+        }
+      }
+      trace->push_back(std::move(entry));
+    }
+    return matched;
+  };
   for (const Index::Namespace* space : spaces) {
     if (space == nullptr) continue;
     for (const AuthorizationPolicy* policy : space->deny) {
       if (!internal::SelectorMatches(policy->selector, target.labels)) continue;
-      for (size_t i = 0; i < policy->rules.size(); ++i) {
-        if (internal::RuleMatches(policy->rules[i], Action::kDeny, source)) {
-          return Decision{false, policy->id, StrCat("denied by DENY policy ", policy->id, " rule ", i)};
-        }
+      const int rule = consider(policy, true);
+      if (rule >= 0 && !decided) {
+        decided = Decision{false, policy->id, StrCat("denied by DENY policy ", policy->id, " rule ", rule)};
+        if (reason_code != nullptr) *reason_code = "deny_policy_matched";
+        if (trace == nullptr) return *decided;
       }
     }
   }
@@ -339,19 +429,101 @@ Decision PolicySet::Authorize(const PolicyTarget& target, const SourceAttributes
       if (!internal::SelectorMatches(policy->selector, target.labels)) continue;
       ++selecting;
       l7_rules += policy->l7_rules;
-      for (size_t i = 0; i < policy->rules.size(); ++i) {
-        if (internal::RuleMatches(policy->rules[i], Action::kAllow, source)) {
-          return Decision{true, policy->id, StrCat("allowed by ALLOW policy ", policy->id, " rule ", i)};
-        }
+      const int rule = consider(policy, false);
+      if (rule >= 0 && !decided) {
+        decided = Decision{true, policy->id, StrCat("allowed by ALLOW policy ", policy->id, " rule ", rule)};
+        if (reason_code != nullptr) *reason_code = "allow_policy_matched";
+        if (trace == nullptr) return *decided;
       }
     }
   }
-  if (selecting == 0) return Decision{true, "", "allowed: no ALLOW policy selects this workload"};
+  if (decided) return *decided;
+  if (selecting == 0) {
+    if (reason_code != nullptr) *reason_code = "default_allow";
+    return Decision{true, "", "allowed: no ALLOW policy selects this workload"};
+  }
   std::string reason = StrCat("no ALLOW policy matched (", selecting, selecting == 1 ? " selects" : " select",
                               " this workload");
   if (l7_rules > 0) StrAppend(&reason, "; ", l7_rules, " rule(s) using L7 fields never match");
   reason += ")";
+  if (reason_code != nullptr) *reason_code = l7_rules > 0 ? "l7_rule_ignored" : "no_allow_policy_matched";
   return Decision{false, "", std::move(reason)};
+}
+
+}  // namespace
+
+Decision PolicySet::Authorize(const PolicyTarget& target, const SourceAttributes& source) const {
+  return Evaluate(*index_, root_namespace_, target, source, nullptr, nullptr);
+}
+
+Explanation PolicySet::Explain(const PolicyTarget& target, const SourceAttributes& source) const {
+  Explanation out;
+  std::tie(out.mode, out.mode_level) = ModeAndLevelFor(target, source.destination_port);
+  const ModeResolution resolution = Resolve(*index_, target);
+  if (out.mode_level == ModeLevel::kPort) {
+    out.peer_authentication = resolution.workload->id;
+  } else if (resolution.decided != nullptr) {
+    out.peer_authentication = resolution.decided->id;
+  }
+  // The policies are evaluated (and listed) even when STRICT refuses plaintext first, so the
+  // answer also shows what would happen once the client has mTLS.
+  Decision decision = Evaluate(*index_, root_namespace_, target, source, &out.considered, &out.reason_code);
+  if (!source.principal && out.mode == MtlsMode::kStrict) {
+    out.allowed = false;
+    out.reason_code = "plaintext_in_strict";
+    out.reason = StrCat("plaintext refused: port ", source.destination_port, " is STRICT (mutual TLS only)");
+    return out;
+  }
+  out.allowed = decision.allowed;
+  out.policy = std::move(decision.policy);
+  out.reason = std::move(decision.reason);
+  return out;
+}
+
+std::string_view ModeLevelName(ModeLevel level) {
+  switch (level) {
+    case ModeLevel::kDefault:
+      return "default";
+    case ModeLevel::kMesh:
+      return "mesh";
+    case ModeLevel::kNamespace:
+      return "namespace";
+    case ModeLevel::kWorkload:
+      return "workload";
+    case ModeLevel::kPort:
+      return "port";
+  }
+  return "default";
+}
+
+std::vector<PolicySet::PolicyInfo> PolicySet::Policies() const {
+  std::vector<PolicyInfo> out;
+  for (const auto& policy : index_->peer_authentications) {
+    PolicyInfo info;
+    info.id = policy->id;
+    info.kind = "PeerAuthentication";
+    info.namespace_name = policy->namespace_name;
+    info.selector = policy->selector;
+    info.where = StrCat(policy->origin.file, ":", policy->origin.line);
+    if (policy->mode != ModeSetting::kUnset) info.mode = internal::ToMode(policy->mode);
+    for (const auto& [port, setting] : policy->port_modes) {
+      if (setting != ModeSetting::kUnset) info.port_modes[port] = internal::ToMode(setting);
+    }
+    out.push_back(std::move(info));
+  }
+  for (const auto& policy : index_->authorization_policies) {
+    PolicyInfo info;
+    info.id = policy->id;
+    info.kind = "AuthorizationPolicy";
+    info.namespace_name = policy->namespace_name;
+    info.selector = policy->selector;
+    info.where = StrCat(policy->origin.file, ":", policy->origin.line);
+    info.deny = policy->action == Action::kDeny;
+    info.rules = policy->rules.size();
+    info.l7_rules = policy->l7_rules;
+    out.push_back(std::move(info));
+  }
+  return out;
 }
 
 PolicySet::Effective PolicySet::Describe(const PolicyTarget& target) const {

@@ -7,9 +7,11 @@ namespace meshtls::policy {
 
 absl::StatusOr<std::unique_ptr<PolicyStore>> PolicyStore::Create(EventLoop& loop, std::string dir,
                                                                  std::string root_namespace,
-                                                                 ReloadCallback on_reload) {
+                                                                 ReloadCallback on_reload,
+                                                                 ReloadFailedCallback on_reload_failed) {
   std::unique_ptr<PolicyStore> store(
       new PolicyStore(std::move(dir), std::move(root_namespace), std::move(on_reload), nullptr));
+  store->on_reload_failed_ = std::move(on_reload_failed);
   PolicyStore* raw = store.get();
   // Watch before the first load, so that a change made while loading is not missed.
   auto watcher = FileWatcher::Create(loop, {store->dir_}, kDebounce, [raw] {
@@ -51,8 +53,11 @@ absl::Status PolicyStore::Reload() {
   auto loaded = PolicySet::LoadDirectory(dir_, root_namespace_);
   if (!loaded.ok()) {
     spdlog::error("policy: reload of {} failed, keeping the previous policy: {}", dir_, loaded.status().message());
-    std::lock_guard lock(mutex_);
-    last_error_ = std::string(loaded.status().message());
+    {
+      std::lock_guard lock(mutex_);
+      last_error_ = std::string(loaded.status().message());
+    }
+    if (on_reload_failed_) on_reload_failed_(loaded.status());
     return loaded.status();
   }
   std::shared_ptr<const PolicySet> set = *std::move(loaded);

@@ -10,8 +10,8 @@
 
 namespace meshtls::proxy {
 
-absl::StatusOr<std::unique_ptr<AccessLog>> AccessLog::Create(const std::string& target) {
-  if (target == "off") return std::unique_ptr<AccessLog>(new AccessLog(nullptr));
+absl::StatusOr<std::unique_ptr<AccessLog>> AccessLog::Create(const std::string& target, HandshakeEventBudget budget) {
+  if (target == "off") return std::unique_ptr<AccessLog>(new AccessLog(nullptr, budget));
   std::shared_ptr<spdlog::logger> logger;
   try {  // spdlog reports sink errors by throwing; only at start-up, never on the data path
     if (target == "stdout") {
@@ -31,15 +31,26 @@ absl::StatusOr<std::unique_ptr<AccessLog>> AccessLog::Create(const std::string& 
   logger->set_pattern("%v");
   logger->set_level(spdlog::level::info);
   logger->flush_on(spdlog::level::info);
-  return std::unique_ptr<AccessLog>(new AccessLog(std::move(logger)));
+  return std::unique_ptr<AccessLog>(new AccessLog(std::move(logger), budget));
 }
 
 AccessLog::~AccessLog() = default;
 
+namespace {
+
+double NowSeconds() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+             .count() /
+         1000.0;
+}
+
+}  // namespace
+
 std::string AccessLog::ToJson(const ConnectionRecord& r) {
   nlohmann::json j;
-  j["time"] = std::chrono::duration_cast<std::chrono::milliseconds>(
-                  std::chrono::system_clock::now().time_since_epoch()).count() / 1000.0;
+  j["time"] = NowSeconds();
+  j["event"] = "connection";
+  if (r.connection_id != 0) j["connection_id"] = r.connection_id;
   j["direction"] = r.direction;
   j["src_workload"] = r.source_workload;
   j["src_identity"] = r.source_identity;
@@ -55,6 +66,7 @@ std::string AccessLog::ToJson(const ConnectionRecord& r) {
   j["cipher"] = r.cipher;
   j["datapath"] = r.datapath;
   if (!r.peer_serial.empty()) j["peer_serial"] = r.peer_serial;
+  if (!r.mtls_mode.empty()) j["mtls_mode"] = r.mtls_mode;
   j["result"] = r.result;
   j["reason"] = r.reason;
   if (!r.detail.empty()) j["detail"] = r.detail;
@@ -64,6 +76,36 @@ std::string AccessLog::ToJson(const ConnectionRecord& r) {
 
 void AccessLog::Write(const ConnectionRecord& record) {
   if (logger_) logger_->info(ToJson(record));
+}
+
+std::string AccessLog::HandshakeJson(const ConnectionRecord& r, bool ok, std::chrono::microseconds duration) {
+  nlohmann::json j;
+  j["time"] = NowSeconds();
+  j["event"] = "mtls_handshake";
+  j["connection_id"] = r.connection_id;
+  j["direction"] = r.direction;
+  j["src_workload"] = r.source_workload;
+  j["src_identity"] = r.source_identity;
+  j["src_addr"] = r.source_address;
+  j["dst_workload"] = r.destination_workload;
+  j["dst_identity"] = r.destination_identity;
+  j["dst_addr"] = r.destination_address;
+  j["result"] = ok ? "success" : "failure";
+  j["failure_reason"] = ok ? "" : r.reason;
+  if (!ok && !r.detail.empty()) j["detail"] = r.detail;
+  j["tls_version"] = r.tls_version;
+  j["duration_ms"] = static_cast<double>(duration.count()) / 1000.0;
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+bool AccessLog::WriteHandshake(const ConnectionRecord& record, bool ok, std::chrono::microseconds duration) {
+  if (!logger_) return true;
+  if (!handshake_budget_.TryTake()) {
+    suppressed_++;
+    return false;
+  }
+  logger_->info(HandshakeJson(record, ok, duration));
+  return true;
 }
 
 }  // namespace meshtls::proxy

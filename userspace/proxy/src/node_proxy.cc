@@ -104,8 +104,17 @@ absl::StatusOr<UniqueFd> ConnectFrom(const std::string& netns, const IpAddress& 
 
 std::string Principal(const SpiffeId& id) { return StrCat(id.trust_domain(), id.path()); }
 
-uint8_t BpfMode(const policy::PolicySet& policies, const policy::PolicyTarget& target) {
+// The mode the BPF programs see. For inbound capture (sk_lookup), a DISABLE pod that some
+// AuthorizationPolicy selects is captured like a PERMISSIVE one: DISABLE turns mTLS off, not
+// authorization, and only the agent can enforce the policy on its plaintext. Outbound steering
+// keeps DISABLE (the pod's own connections stay outside the mesh).
+enum class BpfHook { kCapture, kSteering };
+uint8_t BpfMode(const policy::PolicySet& policies, const policy::PolicyTarget& target, BpfHook hook) {
   const policy::PolicySet::Effective effective = policies.Describe(target);
+  if (hook == BpfHook::kCapture && !effective.authorization_policies.empty()) {
+    const uint8_t mode = BpfMode(policies, target, BpfHook::kSteering);
+    return mode == MESHTLS_MODE_DISABLE ? static_cast<uint8_t>(MESHTLS_MODE_PERMISSIVE) : mode;
+  }
   bool strict = effective.mode == policy::MtlsMode::kStrict;
   bool permissive = effective.mode == policy::MtlsMode::kPermissive;
   for (const auto& [port, mode] : effective.port_modes) {
@@ -208,7 +217,14 @@ struct NodeProxy::Impl {
     if (deps.observer != nullptr) deps.observer->OnFinished(record, was_opened);
   }
 
-  void Handshaked(const ConnectionRecord& record, const tls::TlsSession& session) {
+  // The connection gets its id here, so that the handshake event, the status API and the access
+  // log line name it alike.
+  void Handshaked(ConnectionRecord& record, const tls::TlsSession& session) {
+    if (record.connection_id == 0) record.connection_id = next_connection_id++;
+    if (session.handshake_done()) {
+      record.tls_version = std::string(session.protocol_version());
+      record.cipher = std::string(session.cipher_name());
+    }
     if (deps.observer != nullptr) deps.observer->OnHandshake(record, session.handshake_done(), session.handshake_duration());
   }
 
@@ -224,8 +240,9 @@ struct NodeProxy::Impl {
   std::atomic<uint64_t> next_connection_id{1};
 
   uint64_t Opened(EventLoop& loop, const ConnectionRecord& record, Live entry) {
-    const uint64_t id = next_connection_id++;
+    const uint64_t id = record.connection_id != 0 ? record.connection_id : next_connection_id++;
     entry.record = record;
+    entry.record.connection_id = id;
     entry.started = Clock::now();
     live.at(&loop).emplace(id, std::move(entry));
     if (deps.observer != nullptr) deps.observer->OnOpened(record);
@@ -648,7 +665,10 @@ struct NodeProxy::Impl {
       Log(record);
       return;
     }
-    if (mode == policy::MtlsMode::kPermissive) {
+    record.mtls_mode = std::string(policy::MtlsModeName(mode));
+    // DISABLE turns mTLS off, not authorization: as in Istio, policies still apply, by address
+    // (a plaintext peer has no identity).
+    {
       policy::SourceAttributes source;
       source.source_ip = peer->first;
       source.destination_port = port;
@@ -714,12 +734,13 @@ struct NodeProxy::Impl {
     }  // a pod netns without IPv6 simply has no [::1] listener; connect6 to the mesh then fails closed
     ASSIGN_OR_RETURN(pod->capture, Listen(w.netns_path, *IpAddress::Parse("0.0.0.0"), options.ports.inbound_capture));
     ASSIGN_OR_RETURN(pod->tunnel, Listen(w.netns_path, *IpAddress::Parse("0.0.0.0"), options.ports.tunnel));
-    const meshtls_workload value{pod->index, BpfMode(policies, pod->target), {}};
+    const meshtls_workload value{pod->index, BpfMode(policies, pod->target, BpfHook::kSteering), {}};
+    const meshtls_workload capture_value{pod->index, BpfMode(policies, pod->target, BpfHook::kCapture), {}};
     if (deps.capture != nullptr) {
       RETURN_IF_ERROR(deps.capture->AttachToNetns(w.netns_path));
       for (const IpAddress& ip : w.ips) {
         if (!ip.is_v4()) continue;  // sk_lookup capture is IPv4 for now
-        RETURN_IF_ERROR(deps.capture->SetPod(ip.v4(), value));
+        RETURN_IF_ERROR(deps.capture->SetPod(ip.v4(), capture_value));
         RETURN_IF_ERROR(deps.capture->SetCaptureListener(ip.v4(), pod->capture.get()));
       }
     }
@@ -833,10 +854,11 @@ void NodeProxy::OnPolicyChange() {
   Impl& impl = *impl_;
   auto policies = impl.deps.policies->Current();
   for (const auto& [uid, pod] : impl.pods) {
-    const meshtls_workload value{pod->index, BpfMode(*policies, pod->target), {}};
+    const meshtls_workload value{pod->index, BpfMode(*policies, pod->target, BpfHook::kSteering), {}};
+    const meshtls_workload capture_value{pod->index, BpfMode(*policies, pod->target, BpfHook::kCapture), {}};
     if (impl.deps.capture != nullptr) {
       for (const IpAddress& ip : pod->workload.ips) {
-        if (ip.is_v4()) (void)impl.deps.capture->SetPod(ip.v4(), value);
+        if (ip.is_v4()) (void)impl.deps.capture->SetPod(ip.v4(), capture_value);
       }
     }
     if (impl.deps.steering != nullptr && !pod->workload.cgroup_path.empty()) {

@@ -2,6 +2,8 @@
 
 #include <prometheus/text_serializer.h>
 
+#include "meshtls/common/strings.h"
+
 namespace meshtls::telemetry {
 namespace {
 
@@ -83,9 +85,48 @@ Metrics::Metrics()
                                  .Name("meshtls_events_dropped_total")
                                  .Help("Events lost because a consumer could not keep up")
                                  .Register(*registry_)),
+      certificate_renewal_(prometheus::BuildGauge()
+                               .Name("meshtls_certificate_renewal_timestamp_seconds")
+                               .Help("When the agent plans to renew the current SVID of each identity (Unix time)")
+                               .Register(*registry_)),
+      svid_issuance_family_(prometheus::BuildHistogram()
+                                .Name("meshtls_svid_issuance_duration_seconds")
+                                .Help("Time to issue or renew one SVID, successful or not")
+                                .Register(*registry_)),
+      ca_expiration_(prometheus::BuildGauge()
+                         .Name("meshtls_ca_expiration_timestamp_seconds")
+                         .Help("When each CA certificate of the trust bundle and signing chain expires (Unix time)")
+                         .Register(*registry_)),
+      plaintext_connections_(prometheus::BuildCounter()
+                                 .Name("meshtls_plaintext_connections_total")
+                                 .Help("Plaintext connections accepted under PERMISSIVE or DISABLE, per destination")
+                                 .Register(*registry_)),
+      policy_reloads_(prometheus::BuildCounter()
+                          .Name("meshtls_policy_reloads_total")
+                          .Help("Policy directory reloads, by result")
+                          .Register(*registry_)),
+      policy_reload_ok_family_(prometheus::BuildGauge()
+                                   .Name("meshtls_policy_last_reload_successful")
+                                   .Help("1 if the last policy reload succeeded (or none failed yet), else 0")
+                                   .Register(*registry_)),
+      ready_family_(prometheus::BuildGauge()
+                        .Name("meshtls_ready")
+                        .Help("1 when the readiness check passes (local pods served, SVIDs held, BPF attached)")
+                        .Register(*registry_)),
+      handshake_events_suppressed_family_(prometheus::BuildCounter()
+                                              .Name("meshtls_handshake_events_suppressed_total")
+                                              .Help("mtls_handshake event lines not written: over the rate limit")
+                                              .Register(*registry_)),
       handshake_duration_(handshake_duration_family_.Add({}, HandshakeBuckets())),
+      svid_issuance_(svid_issuance_family_.Add({}, HandshakeBuckets())),
+      policy_reload_ok_(policy_reload_ok_family_.Add({})),
+      ready_(ready_family_.Add({})),
+      handshake_events_suppressed_(handshake_events_suppressed_family_.Add({})),
       ktls_unavailable_(ktls_unavailable_family_.Add({})),
       events_dropped_(events_dropped_family_.Add({})) {
+  policy_reload_ok_.Set(1);
+  policy_reloads_.Add({{"result", "success"}});
+  policy_reloads_.Add({{"result", "failure"}});
   // Series that exist from the start, so that rate() and alerts see 0 rather than nothing.
   svid_rotations_.Add({{"result", "success"}});
   svid_rotations_.Add({{"result", "failure"}});
@@ -106,9 +147,61 @@ void Metrics::SvidExpiry(const std::string& spiffe_id, std::chrono::system_clock
       .Set(static_cast<double>(std::chrono::system_clock::to_time_t(not_after)));
 }
 
+void Metrics::SvidRenewalDue(const std::string& spiffe_id, std::chrono::system_clock::time_point due) {
+  certificate_renewal_.Add({{"spiffe_id", spiffe_id}})
+      .Set(static_cast<double>(std::chrono::system_clock::to_time_t(due)));
+}
+
 void Metrics::ForgetSvid(const std::string& spiffe_id) {
-  auto& gauge = certificate_expiration_.Add({{"spiffe_id", spiffe_id}});
-  certificate_expiration_.Remove(&gauge);
+  certificate_expiration_.Remove(&certificate_expiration_.Add({{"spiffe_id", spiffe_id}}));
+  certificate_renewal_.Remove(&certificate_renewal_.Add({{"spiffe_id", spiffe_id}}));
+}
+
+void Metrics::SvidIssuanceDuration(std::chrono::microseconds duration) {
+  svid_issuance_.Observe(static_cast<double>(duration.count()) / 1e6);
+}
+
+void Metrics::CaExpiry(const std::vector<CaCertificate>& certificates) {
+  std::lock_guard lock(mutex_);
+  for (prometheus::Gauge* gauge : ca_series_) ca_expiration_.Remove(gauge);
+  ca_series_.clear();
+  for (const CaCertificate& certificate : certificates) {
+    auto& gauge = ca_expiration_.Add({{"role", certificate.role}, {"subject", certificate.subject}});
+    gauge.Set(static_cast<double>(std::chrono::system_clock::to_time_t(certificate.not_after)));
+    ca_series_.push_back(&gauge);
+  }
+}
+
+void Metrics::PlaintextAccepted(const std::string& destination_workload, const std::string& destination_namespace,
+                                std::string_view mode) {
+  std::lock_guard lock(mutex_);
+  // Bounded like the istio_tcp_* families: per destination workload, never per connection.
+  std::string workload = destination_workload.empty() ? "unknown" : destination_workload;
+  std::string space = destination_namespace.empty() ? "unknown" : destination_namespace;
+  const std::string key = StrCat(space, "/", workload);
+  if (!plaintext_workloads_.contains(key)) {
+    if (plaintext_workloads_.size() >= kMaxConnectionLabelSets) {
+      workload = "other";
+      space = "other";
+    } else {
+      plaintext_workloads_.insert(key);
+    }
+  }
+  plaintext_connections_
+      .Add({{"destination_workload", workload}, {"destination_workload_namespace", space},
+            {"mode", mode == "DISABLE" ? "DISABLE" : "PERMISSIVE"}})
+      .Increment();
+}
+
+void Metrics::PolicyReload(bool success) {
+  policy_reloads_.Add({{"result", success ? "success" : "failure"}}).Increment();
+  policy_reload_ok_.Set(success ? 1 : 0);
+}
+
+void Metrics::Ready(bool ready) { ready_.Set(ready ? 1 : 0); }
+
+void Metrics::HandshakeEventsSuppressed(uint64_t count) {
+  handshake_events_suppressed_.Increment(static_cast<double>(count));
 }
 
 Metrics::ConnectionSeries& Metrics::Series(const ConnectionLabels& labels) {

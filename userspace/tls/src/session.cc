@@ -168,6 +168,8 @@ void TlsSession::Fail(FailureReason reason, std::string detail) {
   if (failure_ != FailureReason::kNone) return;  // the first cause is the real one
   failure_ = reason;
   failure_detail_ = std::move(detail);
+  // How long it took to fail, for the handshake event line.
+  handshake_duration_ = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started_);
 }
 
 bool TlsSession::CheckDeadline(Clock::time_point now) {

@@ -36,6 +36,8 @@ class StatusClient {
   absl::StatusOr<v1::ListCertificatesResponse> ListCertificates();
   absl::StatusOr<v1::GetPolicyResponse> GetPolicy(const v1::GetPolicyRequest& request);
   absl::StatusOr<v1::RotateCertificatesResponse> RotateCertificates(const v1::RotateCertificatesRequest& request);
+  absl::StatusOr<v1::CheckAccessResponse> CheckAccess(const v1::CheckAccessRequest& request);
+  absl::StatusOr<v1::AuditResponse> Audit();
 
   // Calls on_event for each event until the agent ends the stream or CancelWatch() is called;
   // both are OK. Blocks.

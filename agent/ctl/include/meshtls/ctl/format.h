@@ -35,6 +35,11 @@ std::string RenderConnections(const v1::ListConnectionsResponse& connections, co
 std::string RenderCertificates(const v1::ListCertificatesResponse& certs, const RenderOptions& options);
 std::string RenderPolicy(const v1::GetPolicyResponse& policy, const RenderOptions& options);
 std::string RenderRotation(const v1::RotateCertificatesResponse& rotation, const RenderOptions& options);
+std::string RenderCheckAccess(const v1::CheckAccessResponse& check, const RenderOptions& options);
+std::string RenderAudit(const v1::AuditResponse& audit, const RenderOptions& options);
+// "info", "warning", "critical" ("-" if unspecified); ParseSeverity takes the same names.
+std::string SeverityName(v1::Severity severity);
+std::optional<v1::Severity> ParseSeverity(std::string_view name);
 
 // One streamed event: a single line for table and json (NDJSON), a "---" document for yaml.
 std::string RenderEvent(const v1::Event& event, const RenderOptions& options);
@@ -48,6 +53,7 @@ std::string DroppedEventsWarning(uint64_t dropped);
 nlohmann::ordered_json ToJsonValue(const google::protobuf::Message& message);
 std::string ToJson(const google::protobuf::Message& message, bool pretty = true);
 std::string ToYaml(const google::protobuf::Message& message);
+std::string JsonToYaml(const nlohmann::ordered_json& value);
 
 // Short lower-case names used by the table output and by `tap --kind`.
 std::string DatapathName(v1::Datapath datapath);    // "ktls-splice", "userspace-tls", ...

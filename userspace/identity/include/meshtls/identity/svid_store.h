@@ -38,6 +38,9 @@ struct SvidState {
   std::chrono::system_clock::time_point not_before;
   std::chrono::system_clock::time_point not_after;
   std::chrono::system_clock::time_point rotate_at;  // or the next retry after a failure
+  // When the current SVID was due to be renewed (rotate_at as planned at issuance, whatever the
+  // retries since): a renewal that is overdue past this means rotation is failing.
+  std::chrono::system_clock::time_point renewal_due;
   uint64_t rotations = 0;
   uint64_t failures = 0;  // consecutive failed issuances
   std::string last_error;
@@ -59,6 +62,8 @@ class SvidStore {
   // Renews now (the RotateCertificates RPC), for one identity or all of them.
   absl::Status Rotate(const SpiffeId& id);
   std::vector<SvidState> States() const;
+  // The current SVID if one is held, without issuing one (for inspection).
+  std::shared_ptr<const Svid> Peek(const SpiffeId& id) const;
   // Stops keeping an identity (its last workload left).
   void Forget(const SpiffeId& id);
 

@@ -22,6 +22,10 @@ class AgentView {
   virtual absl::StatusOr<v1::GetPolicyResponse> Policy(const std::string& workload) const = 0;
   // `spiffe_id` empty: every identity. NotFound for an identity the agent does not hold.
   virtual absl::StatusOr<v1::RotateCertificatesResponse> Rotate(const std::string& spiffe_id) = 0;
+  // Through inspect::CheckAccess / AuditPolicies + AuditLive (policy_report.h) over what the
+  // agent has loaded.
+  virtual absl::StatusOr<v1::CheckAccessResponse> CheckAccess(const v1::CheckAccessRequest& request) const = 0;
+  virtual v1::AuditResponse Audit() const = 0;
 };
 
 }  // namespace meshtls::inspect

@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -49,6 +50,35 @@ struct Decision {
   std::string reason;  // e.g. "denied by DENY policy foo/deny-bar rule 0"
 };
 
+// Where the effective mTLS mode of a port comes from.
+enum class ModeLevel { kDefault, kMesh, kNamespace, kWorkload, kPort };
+std::string_view ModeLevelName(ModeLevel level);  // "default", "mesh", "namespace", "workload", "port"
+
+// One AuthorizationPolicy that selects the target, as evaluated for one connection.
+struct ConsideredPolicy {
+  std::string policy;  // "ns/name"
+  bool deny = false;   // the action: DENY or ALLOW
+  bool matched = false;
+  int rule = -1;    // the first matching rule, -1 if none
+  std::string why;  // "rule 1 matched", or per rule the part that did not match
+};
+
+// The whole decision for one connection, made the way the data path makes it (mode first, then
+// authorization), with every step kept: `meshtlsctl policy check` and the CheckAccess RPC.
+struct Explanation {
+  bool allowed = false;
+  MtlsMode mode = MtlsMode::kPermissive;
+  ModeLevel mode_level = ModeLevel::kDefault;
+  std::string peer_authentication;  // "ns/name" that decided the mode; empty: Istio's default
+  std::string policy;               // the AuthorizationPolicy that decided; empty: none did
+  // Stable: plaintext_in_strict, deny_policy_matched, allow_policy_matched,
+  // no_allow_policy_matched, l7_rule_ignored (no ALLOW rule matched and some were dropped for L7
+  // fields), default_allow (no ALLOW policy selects the workload).
+  std::string reason_code;
+  std::string reason;  // the same sentence the data path logs
+  std::vector<ConsideredPolicy> considered;  // DENY first, then ALLOW; own namespace, then root
+};
+
 namespace internal {
 struct PeerAuthentication;
 struct AuthorizationPolicy;
@@ -76,6 +106,11 @@ class PolicySet {
   MtlsMode ModeFor(const PolicyTarget& target, uint16_t port) const;
   // Runs per connection: no allocation beyond the reason string.
   Decision Authorize(const PolicyTarget& target, const SourceAttributes& source) const;
+  // The same evaluation as ModeFor() + Authorize(), explained. A source without a principal is
+  // plaintext: refused under STRICT, authorized without identity otherwise.
+  Explanation Explain(const PolicyTarget& target, const SourceAttributes& source) const;
+  // The mode of `port` and the level that set it.
+  std::pair<MtlsMode, ModeLevel> ModeAndLevelFor(const PolicyTarget& target, uint16_t port) const;
 
   // For the status API.
   struct Effective {
@@ -86,6 +121,21 @@ class PolicySet {
     std::string summary;                       // YAML-ish, with actions, for `meshtlsctl policy`
   };
   Effective Describe(const PolicyTarget& target) const;
+
+  // Every policy, for audits.
+  struct PolicyInfo {
+    std::string id;  // "ns/name"
+    std::string kind;  // "PeerAuthentication" | "AuthorizationPolicy"
+    std::string namespace_name;
+    std::map<std::string, std::string> selector;  // empty: the whole namespace (or mesh)
+    std::string where;  // "FILE:LINE"
+    std::optional<MtlsMode> mode;  // PeerAuthentication with a mode other than UNSET
+    std::map<uint16_t, MtlsMode> port_modes;  // PeerAuthentication port levels (UNSET left out)
+    bool deny = false;  // AuthorizationPolicy action
+    size_t rules = 0;
+    size_t l7_rules = 0;  // ALLOW rules that never match (L7 fields), or DENY rules with L7 parts dropped
+  };
+  std::vector<PolicyInfo> Policies() const;
 
   // Things that were loaded but not (fully) enforced, each with "FILE:LINE: ".
   const std::vector<std::string>& warnings() const { return warnings_; }
@@ -113,9 +163,12 @@ class PolicyStore {
   // Fails if the initial load fails. `on_reload` (may be empty) runs after every successful
   // reload, not for the initial load: on the loop thread for directory changes, on the caller's
   // thread for Reload(). `loop` must outlive the store; destroy the store on the loop thread.
+  // `on_reload_failed` (may be empty) runs, on the same threads, after every reload that failed.
+  using ReloadFailedCallback = std::function<void(const absl::Status&)>;
   static absl::StatusOr<std::unique_ptr<PolicyStore>> Create(EventLoop& loop, std::string dir,
                                                              std::string root_namespace,
-                                                             ReloadCallback on_reload);
+                                                             ReloadCallback on_reload,
+                                                             ReloadFailedCallback on_reload_failed = nullptr);
   ~PolicyStore();
   PolicyStore(const PolicyStore&) = delete;
   PolicyStore& operator=(const PolicyStore&) = delete;
@@ -135,6 +188,7 @@ class PolicyStore {
   const std::string dir_;
   const std::string root_namespace_;
   ReloadCallback on_reload_;
+  ReloadFailedCallback on_reload_failed_;
   std::mutex reload_mutex_;  // serializes reloads (watcher and SIGHUP may race)
   mutable std::mutex mutex_;
   std::shared_ptr<const PolicySet> current_;  // guarded by mutex_

@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 #include <string_view>
 #include <utility>
 
@@ -65,7 +66,27 @@ class Metrics {
   // Identity: SVID renewals by result, and when each identity's current SVID expires.
   void SvidRenewal(bool success);
   void SvidExpiry(const std::string& spiffe_id, std::chrono::system_clock::time_point not_after);
+  // When the agent plans to renew that SVID; a renewal still pending well past it is failing.
+  void SvidRenewalDue(const std::string& spiffe_id, std::chrono::system_clock::time_point due);
   void ForgetSvid(const std::string& spiffe_id);
+  void SvidIssuanceDuration(std::chrono::microseconds duration);
+  // Expiry of each CA certificate in the trust bundle or signing chain (`role`: root,
+  // intermediate). Replaces every earlier series.
+  struct CaCertificate {
+    std::string role, subject;
+    std::chrono::system_clock::time_point not_after;
+  };
+  void CaExpiry(const std::vector<CaCertificate>& certificates);
+
+  // Plaintext connections let in by PERMISSIVE or DISABLE (`mode`), per destination workload.
+  void PlaintextAccepted(const std::string& destination_workload, const std::string& destination_namespace,
+                         std::string_view mode);
+  // Policy directory reloads.
+  void PolicyReload(bool success);
+  // The readiness check's answer, also as a metric for alerts.
+  void Ready(bool ready);
+  // mtls_handshake event lines dropped by the access log's rate limit.
+  void HandshakeEventsSuppressed(uint64_t count);
 
   // Connections (istio_tcp_*). Directions are Istio's, the same whichever side reports: `sent` is
   // destination -> source (the response direction), `received` is source -> destination (the
@@ -116,7 +137,19 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& ktls_unavailable_family_;
   prometheus::Family<prometheus::Gauge>& build_info_family_;
   prometheus::Family<prometheus::Counter>& events_dropped_family_;
+  prometheus::Family<prometheus::Gauge>& certificate_renewal_;
+  prometheus::Family<prometheus::Histogram>& svid_issuance_family_;
+  prometheus::Family<prometheus::Gauge>& ca_expiration_;
+  prometheus::Family<prometheus::Counter>& plaintext_connections_;
+  prometheus::Family<prometheus::Counter>& policy_reloads_;
+  prometheus::Family<prometheus::Gauge>& policy_reload_ok_family_;
+  prometheus::Family<prometheus::Gauge>& ready_family_;
+  prometheus::Family<prometheus::Counter>& handshake_events_suppressed_family_;
   prometheus::Histogram& handshake_duration_;
+  prometheus::Histogram& svid_issuance_;
+  prometheus::Gauge& policy_reload_ok_;
+  prometheus::Gauge& ready_;
+  prometheus::Counter& handshake_events_suppressed_;
   prometheus::Gauge& ktls_unavailable_;
   prometheus::Counter& events_dropped_;
 
@@ -125,6 +158,8 @@ class Metrics {
   absl::flat_hash_set<std::string> handshake_reasons_;
   absl::flat_hash_set<std::string> denial_reasons_;
   absl::flat_hash_set<std::string> datapaths_;
+  absl::flat_hash_set<std::string> plaintext_workloads_;
+  std::vector<prometheus::Gauge*> ca_series_;
   prometheus::Gauge* build_info_ = nullptr;
 };
 
