@@ -14,7 +14,7 @@ trap 'rm -rf "$work"' EXIT
 status=0
 
 host_args=(--repeat "${REPEAT:-3}" --seconds "${SECONDS_EACH:-10}")
-vm_args=(--repeat 1 --seconds 3 --wrk-seconds 10 --conns 200)
+vm_args=(--repeat 1 --seconds 3 --wrk-seconds 10 --conns 200 --in-flight 16)
 if [[ $smoke == --smoke ]]; then
   host_args=(--smoke)
   vm_args=(--smoke --wrk-seconds 10)

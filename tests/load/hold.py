@@ -2,7 +2,7 @@
 """Idle connections for the memory measurement of the load test (tests/load/run.sh).
 
   hold.py serve PORT STATUS_FILE      accept and keep connections; STATUS_FILE holds the count
-  hold.py open HOST PORT N [STATUS_FILE]
+  hold.py open HOST PORT N [STATUS_FILE [IN_FLIGHT]]
                                       open N connections in batches, print "opened N", then keep
                                       them until killed; with the server's STATUS_FILE, each batch
                                       waits until the server holds all but one batch, so a proxy
@@ -54,13 +54,15 @@ def held(status_file):
         return 0
 
 
-def open_connections(host, port, count, status_file=None):
+def open_connections(host, port, count, status_file=None, in_flight=200):
+    # At most `in_flight` connections not yet seen by the server: a proxy's handshakes must not
+    # pile up past its handshake timeout (under QEMU TCG one handshake takes ~0.3 s of CPU).
     sockets = []
     failed = 0
     for i in range(count):
-        if status_file and i % 200 == 0:
+        if status_file and i % in_flight == 0:
             deadline = time.monotonic() + 30
-            while held(status_file) < len(sockets) - 200 and time.monotonic() < deadline:
+            while held(status_file) < len(sockets) - in_flight and time.monotonic() < deadline:
                 time.sleep(0.02)
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -71,7 +73,7 @@ def open_connections(host, port, count, status_file=None):
             failed += 1
             s.close()
             print(f"connect {i}: {e}", file=sys.stderr, flush=True)
-        if i % 200 == 199:
+        if i % in_flight == in_flight - 1:
             time.sleep(0.05)  # let the proxies accept and hand off
     print(f"opened {len(sockets)} failed {failed}", flush=True)
     while True:
@@ -82,8 +84,9 @@ def main():
     raise_fd_limit()
     if len(sys.argv) == 4 and sys.argv[1] == "serve":
         asyncio.run(serve(int(sys.argv[2]), sys.argv[3]))
-    elif len(sys.argv) in (5, 6) and sys.argv[1] == "open":
-        open_connections(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] if len(sys.argv) == 6 else None)
+    elif len(sys.argv) in (5, 6, 7) and sys.argv[1] == "open":
+        open_connections(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] if len(sys.argv) >= 6 else None,
+                         int(sys.argv[6]) if len(sys.argv) == 7 else 200)
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

@@ -3,7 +3,7 @@
 # two-node topology of tests/e2e/topology.sh (client pod n1a on node 1, server pod n2a on node 2,
 # a veth wire between the nodes). docs/benchmarks.md explains every figure.
 #
-# usage: run.sh BUILD_DIR [--smoke] [--seconds S] [--repeat N] [--conns "1000 10000"]
+# usage: run.sh BUILD_DIR [--smoke] [--seconds S] [--repeat N] [--conns "1000 10000"] [--in-flight N]
 #               [--variants "plain meshtls ..."] [--label TEXT] [--raw FILE] [--out DIR]
 #               [--wrk-seconds S]
 #   --smoke   every variant for about a second; asserts only that each moved bytes and produced
@@ -14,7 +14,7 @@ build=$(cd "${1:?usage: run.sh BUILD_DIR [options]}" && pwd)
 shift
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-SMOKE=0 SECONDS_EACH=10 WRK_SECONDS="" WRK_CONNS=32 REPEAT=3 CONNS="1000 10000" LABEL=host RAW="" OUT=$here/results
+SMOKE=0 SECONDS_EACH=10 WRK_SECONDS="" WRK_CONNS=32 REPEAT=3 CONNS="1000 10000" IN_FLIGHT=200 LABEL=host RAW="" OUT=$here/results
 VARIANTS=""
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -23,6 +23,7 @@ while [[ $# -gt 0 ]]; do
     --wrk-seconds) WRK_SECONDS=$2; shift 2 ;;  # the new-connection run (TCG needs longer)
     --repeat) REPEAT=$2; shift 2 ;;
     --conns) CONNS=$2; shift 2 ;;
+    --in-flight) IN_FLIGHT=$2; shift 2 ;;  # idle connections opened ahead of the server's count
     --variants) VARIANTS=$2; shift 2 ;;
     --label) LABEL=$2; shift 2 ;;
     --raw) RAW=$2; shift 2 ;;
@@ -336,7 +337,7 @@ measure_memory() {  # VARIANT
   sleep 0.5
   memory_records "$v" idle
   for n in $CONNS; do
-    topo_run n1a /usr/bin/python3 "$here/hold.py" open "$target" 9000 "$n" "$RUN/held" >"$RUN/hold-open.log" 2>&1 &
+    topo_run n1a /usr/bin/python3 "$here/hold.py" open "$target" 9000 "$n" "$RUN/held" "$IN_FLIGHT" >"$RUN/hold-open.log" 2>&1 &
     opener=$!
     held=0
     for i in $(seq 1800); do
