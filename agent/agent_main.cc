@@ -28,6 +28,7 @@
 #include "meshtls/telemetry/metrics.h"
 #include "meshtls/tls/connection_registry.h"
 #include "meshtls/tls/identity_contexts.h"
+#include "meshtls/tls/ktls_selftest.h"
 #include "meshtls/tls/relay.h"
 #include "meshtls/workload/kubernetes.h"
 #include "meshtls/workload/registry.h"
@@ -49,6 +50,16 @@ sigset_t HandledSignals() {
   sigemptyset(&set);
   for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&set, sig);
   return set;
+}
+
+// The TLS 1.3 suites whose kTLS passed the self-test, in the default preference order.
+std::vector<std::string> KtlsCipherSuites(const tls::KtlsSupport& ktls) {
+  std::vector<std::string> suites;
+  suites.reserve(3);
+  for (tls::KtlsCipher cipher : {tls::KtlsCipher::kAes128Gcm, tls::KtlsCipher::kAes256Gcm, tls::KtlsCipher::kChacha20Poly1305}) {
+    if (ktls.Supports(cipher)) suites.push_back(std::string(tls::KtlsCipherName(cipher)));
+  }
+  return suites;
 }
 
 class Agent {
@@ -80,20 +91,17 @@ class Agent {
     svid_options.metrics = metrics_;
     svids_ = std::make_unique<identity::SvidStore>(*ca_, svid_options);
 
-    ASSIGN_OR_RETURN(datapath_, tls::ChooseDatapath(Name(config_.datapath)));
-    ktls_ = tls::ProbeKtls();
-    if (config_.datapath != DatapathChoice::kAuto) {
-      datapath_reason_ = StrCat("forced by configuration (datapath: ", Name(config_.datapath), ")");
-    } else {
-      datapath_reason_ = ktls_.available ? StrCat("kernel TLS proven by the start-up probe: ", ktls_.detail)
-                                         : StrCat("no kernel TLS, OpenSSL encrypts: ", ktls_.detail);
-    }
+    RETURN_IF_ERROR(ChooseDatapath());
     metrics_->KtlsUnavailable(!ktls_.available);
     metrics_->BuildInfo(MESHTLS_VERSION, tls::DatapathName(datapath_));
     tls::TlsContextOptions context_options;
     context_options.trust_bundle_pem = ca_->TrustBundlePem();
     context_options.trust_domain = config_.trust_domain;
     context_options.export_traffic_secrets = datapath_ == tls::Datapath::kKtlsSplice;
+    if (datapath_ == tls::Datapath::kKtlsSplice) {
+      // Only the ciphers whose kTLS records the self-test saw right on the wire.
+      context_options.cipher_suites = KtlsCipherSuites(ktls_);
+    }
     identities_ = std::make_unique<tls::IdentityContexts>(*svids_, context_options);
 
     ASSIGN_OR_RETURN(access_log_, proxy::AccessLog::Create(config_.access_log));
@@ -177,6 +185,60 @@ class Agent {
   }
 
  private:
+  // The kTLS probe, then the self-test on this kernel (ktls_selftest.h): a cipher is used with
+  // kTLS only once the wire was seen to carry its ciphertext. auto falls back to userspace-tls,
+  // a forced ktls-splice refuses to start.
+  absl::Status ChooseDatapath() {
+    ktls_ = tls::ProbeKtls();
+    if (ktls_.available && config_.datapath != DatapathChoice::kUserspaceTls) {
+      tls::KtlsSelfTestOptions self_test_options;
+      const char* fault_env = std::getenv("MESHTLS_KTLS_SELFTEST_FAULT");
+      const std::string fault = fault_env != nullptr ? fault_env : "";
+      if (!fault.empty()) {
+        if (fault != "wrong_tx_key") {
+          return absl::InvalidArgumentError(StrCat("MESHTLS_KTLS_SELFTEST_FAULT='", fault, "': the only fault is wrong_tx_key"));
+        }
+        spdlog::warn("MESHTLS_KTLS_SELFTEST_FAULT=wrong_tx_key: the kTLS self-test gets a wrong key on purpose (tests only)");
+        self_test_options.corrupt_tx_key = true;
+      }
+      ktls_self_test_ = tls::RunKtlsSelfTest(ktls_, self_test_options);
+      ktls_.aes128gcm = ktls_self_test_.Passed(tls::KtlsCipher::kAes128Gcm);
+      ktls_.aes256gcm = ktls_self_test_.Passed(tls::KtlsCipher::kAes256Gcm);
+      ktls_.chacha20poly1305 = ktls_self_test_.Passed(tls::KtlsCipher::kChacha20Poly1305);
+      ktls_.available = ktls_self_test_.any_passed();
+      StrAppend(&ktls_.detail, "; start-up self-test: ", ktls_self_test_.Summary());
+      if (ktls_.available) {
+        spdlog::info("kTLS self-test: {}", ktls_self_test_.Summary());
+      } else {
+        spdlog::error("kTLS self-test failed, kernel TLS disabled: {}", ktls_self_test_.Summary());
+      }
+    }
+    switch (config_.datapath) {
+      case DatapathChoice::kAuto:
+        datapath_ = ktls_.available ? tls::Datapath::kKtlsSplice : tls::Datapath::kUserspaceTls;
+        datapath_reason_ = ktls_.available ? StrCat("kernel TLS proven by the start-up probe and self-test: ", ktls_.detail)
+                                           : StrCat("no kernel TLS, OpenSSL encrypts: ", ktls_.detail);
+        if (ktls_.available) {
+          spdlog::info("datapath ktls-splice: {}", ktls_.detail);
+        } else {
+          spdlog::warn("datapath userspace-tls (OpenSSL encrypts in this process): {}", ktls_.detail);
+        }
+        return absl::OkStatus();
+      case DatapathChoice::kKtlsSplice:
+        if (!ktls_.available) {
+          return absl::FailedPreconditionError(StrCat("datapath ktls-splice was requested, but ", ktls_.detail));
+        }
+        datapath_ = tls::Datapath::kKtlsSplice;
+        break;
+      case DatapathChoice::kUserspaceTls:
+        datapath_ = tls::Datapath::kUserspaceTls;
+        break;
+    }
+    datapath_reason_ = StrCat("forced by configuration (datapath: ", Name(config_.datapath), ")");
+    spdlog::info("datapath {} (forced)", Name(config_.datapath));
+    return absl::OkStatus();
+  }
+
   absl::Status StartBpf() {
     datapath::SteeringConfig steering_config;
     steering_config.outbound_port = config_.ports.outbound;
@@ -208,6 +270,7 @@ class Agent {
     parts.datapath = datapath_;
     parts.datapath_reason = datapath_reason_;
     parts.ktls = ktls_;
+    parts.ktls_self_test = ktls_self_test_.Summary();
     parts.worker_loops = static_cast<unsigned>(workers_.size());
     parts.ca = ca_.get();
     parts.svids = svids_.get();
@@ -470,6 +533,7 @@ class Agent {
   UniqueFd signal_fd_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   tls::KtlsSupport ktls_;
+  tls::KtlsSelfTestResult ktls_self_test_;
   std::string datapath_reason_;
   inspect::EventBus events_;
   std::unique_ptr<AgentObserver> observer_;

@@ -58,6 +58,7 @@ v1::GetStatusResponse AgentInspection::Status() const {
   if (uname(&uts) == 0) kernel->set_kernel_release(uts.release);
   kernel->set_ktls_available(parts_.ktls.available);
   kernel->set_ktls_detail(parts_.ktls.detail);
+  kernel->set_ktls_self_test(parts_.ktls_self_test);
   for (tls::KtlsCipher cipher : {tls::KtlsCipher::kAes128Gcm, tls::KtlsCipher::kAes256Gcm, tls::KtlsCipher::kChacha20Poly1305}) {
     if (parts_.ktls.Supports(cipher)) kernel->add_ktls_ciphers(std::string(tls::KtlsCipherName(cipher)));
   }

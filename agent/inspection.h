@@ -27,6 +27,7 @@ struct AgentParts {
   tls::Datapath datapath = tls::Datapath::kUserspaceTls;
   std::string datapath_reason;
   tls::KtlsSupport ktls;
+  std::string ktls_self_test;  // KtlsSelfTestResult::Summary(), empty if it did not run
   unsigned worker_loops = 0;
   const identity::CertificateAuthority* ca = nullptr;
   identity::SvidStore* svids = nullptr;

@@ -732,8 +732,44 @@ test_lifecycle() {
   if grep -q "terminate called" "$TOPO_ROOT/agent2.log"; then fail "the agent aborted"; else pass "without aborting"; fi
 }
 
+# The start-up kTLS self-test on the running kernel (runs in the VM; the host has no kTLS).
+test_ktls_self_test() {
+  setup; mesh_mode STRICT
+  if ! grep -qw tls /proc/sys/net/ipv4/tcp_available_ulp 2>/dev/null && ! modprobe -q tls 2>/dev/null; then
+    echo "SKIP: kernel $(uname -r) has no kTLS (no 'tls' TCP ULP): this test runs in the VM harness (vm.*.e2e)"
+    return
+  fi
+  topo_start_agent 1 --datapath auto || { fail "the agent did not start"; return; }
+  ctl 1 -o json status >"$TOPO_ROOT/status-ok.json"
+  expect_eq "auto picks ktls-splice once the self-test passed" DATAPATH_KTLS_SPLICE "$(json_get "$TOPO_ROOT/status-ok.json" "d['datapath']")"
+  local summary; summary=$(json_get "$TOPO_ROOT/status-ok.json" "d['kernel']['ktls_self_test']")
+  [[ $summary == *"TLS_AES_128_GCM_SHA256 passed"* && $summary != *FAILED* ]] \
+    && pass "the self-test passed on $(uname -r): $summary" || fail "self-test: $summary"
+  topo_stop_agent 1
+  # A wrong key on purpose: the wire carries records OpenSSL cannot read, so kTLS is disabled.
+  export MESHTLS_KTLS_SELFTEST_FAULT=wrong_tx_key
+  topo_start_agent 1 --datapath auto || fail "the agent did not start with a failing self-test"
+  ctl 1 -o json status >"$TOPO_ROOT/status-fault.json"
+  expect_eq "a failing self-test makes auto fall back to userspace-tls" DATAPATH_USERSPACE_TLS \
+    "$(json_get "$TOPO_ROOT/status-fault.json" "d['datapath']")"
+  expect_contains "the status API says why" "$TOPO_ROOT/status-fault.json" 'FAILED (OpenSSL could not read what the kernel sent'
+  expect_eq "and lists no kTLS cipher" "[]" "$(json_get "$TOPO_ROOT/status-fault.json" "d['kernel']['ktls_ciphers']")"
+  expect_contains "the log says kTLS is disabled" "$TOPO_ROOT/agent1.log" "kTLS self-test failed, kernel TLS disabled"
+  topo_start_agent 2 --datapath auto || fail "agent 2 did not start"
+  serve n2a 8080
+  expect_eq "mesh traffic still flows (userspace-tls)" n2a:fallback "$(send n1a 10.0.2.2 8080 fallback)"
+  topo_stop_agent 1; topo_stop_agent 2
+  : >"$TOPO_ROOT/agent1.log"
+  topo_start_agent 1 --datapath ktls-splice 2>/dev/null && fail "a forced ktls-splice started with a failing self-test"
+  wait "${TOPO_AGENT_PIDS[1]}" 2>/dev/null; local rc=$?
+  TOPO_AGENT_PIDS[1]=""
+  unset MESHTLS_KTLS_SELFTEST_FAULT
+  expect_eq "a forced ktls-splice with a failing self-test refuses to start" 1 "$rc"
+  expect_contains "and says why" "$TOPO_ROOT/agent1.log" "datapath ktls-splice was requested, but .*self-test: .*FAILED"
+}
+
 if [[ $test_name == all ]]; then
-  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input lifecycle policy_change_closes_denied_connections workload_reload kubernetes inspection; do
+  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input lifecycle policy_change_closes_denied_connections workload_reload kubernetes inspection ktls_self_test; do
     "$0" "$build" "$t" --datapath "$DATAPATH" || failures=$((failures + 1))
   done
   trap - EXIT

@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "meshtls/tls/handshake_driver.h"
 #include "meshtls/tls/ktls.h"
+#include "meshtls/tls/ktls_selftest.h"
 #include "meshtls/tls/relay.h"
 #include "testing/test_util.h"
 
@@ -180,6 +181,32 @@ TEST(KtlsProbeInVmTest, AllThreeCiphersAreAvailableWhenRequired) {
   EXPECT_TRUE(support.aes128gcm) << support.detail;
   EXPECT_TRUE(support.aes256gcm) << support.detail;
   EXPECT_TRUE(support.chacha20poly1305) << support.detail;
+}
+
+// The start-up self-test passes for every cipher the kernel takes, on each kernel of the harness.
+TEST(KtlsSelfTestInVmTest, PassesForEveryCipherTheKernelTakes) {
+  if (!RequireKtls()) GTEST_SKIP() << "kTLS unavailable on this kernel (see stderr)";
+  const KtlsSupport support = ProbeKtls();
+  const KtlsSelfTestResult result = RunKtlsSelfTest(support);
+  std::cerr << "kTLS self-test: " << result.Summary() << "\n";
+  ASSERT_EQ(result.ciphers.size(), 3u) << result.Summary();
+  for (const KtlsCipherSelfTest& cipher : result.ciphers) {
+    EXPECT_TRUE(cipher.passed) << KtlsCipherName(cipher.cipher) << ": " << cipher.detail;
+  }
+}
+
+// A kTLS end whose keys are wrong puts records on the wire that OpenSSL cannot read: the test
+// catches it for every cipher, and says so.
+TEST(KtlsSelfTestInVmTest, AWrongKeyIsCaughtForEveryCipher) {
+  if (!RequireKtls()) GTEST_SKIP() << "kTLS unavailable on this kernel (see stderr)";
+  KtlsSelfTestOptions options;
+  options.corrupt_tx_key = true;
+  const KtlsSelfTestResult result = RunKtlsSelfTest(ProbeKtls(), options);
+  EXPECT_FALSE(result.any_passed()) << result.Summary();
+  for (const KtlsCipherSelfTest& cipher : result.ciphers) {
+    EXPECT_NE(cipher.detail.find("OpenSSL could not read what the kernel sent"), std::string::npos) << cipher.detail;
+  }
+  EXPECT_NE(result.Summary().find("FAILED"), std::string::npos);
 }
 
 // Forwards bytes between two sockets and keeps a copy of everything that crossed: the "wire".
