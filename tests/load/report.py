@@ -224,6 +224,10 @@ def main():
     if not records:
         print("report: no records", file=sys.stderr)
         return 1
+    # run.sh records each failed measurement too ("metric": "failure"), so that a "–" in the
+    # tables always has its reason next to it.
+    failures = [r for r in records if r["metric"] == "failure"]
+    records = [r for r in records if r["metric"] != "failure"]
     summary = summarize(records)
     labels = []
     for r in records:
@@ -250,7 +254,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     result = {"timestamp": stamp, "machine": machine(), "seconds_per_measurement": args.seconds,
-              "summary": summary, "records": records}
+              "summary": summary, "records": records, "failures": failures}
     base = os.path.join(args.out, stamp)
     with open(base + ".json", "w") as f:
         json.dump(result, f, indent=1)
@@ -260,6 +264,13 @@ def main():
              "in docs/benchmarks.md.", ""]
     for label in labels:
         parts.append(markdown(summary, label, args.seconds))
+        failed = [f for f in failures if f["label"] == label]
+        if failed:
+            parts.append("Failed measurements (their cells show –):")
+            parts.append("")
+            for f in failed:
+                parts.append(f"- {f['variant']}: {f.get('detail', '')}")
+            parts.append("")
         for kind in ["throughput", "latency"]:
             png = f"{base}-{label}-{kind}.png"
             if chart(summary, label, png, kind):

@@ -76,7 +76,16 @@ failures=0
 raw=${RAW:-$RUN/raw.jsonl}
 
 log() { echo "bench: $*" >&2; }
-fail() { echo "bench: FAIL: $*" >&2; failures=$((failures + 1)); }
+# Also a record, so that the report says why a cell is empty. Messages start with "VARIANT: ".
+fail() {
+  echo "bench: FAIL: $*" >&2
+  failures=$((failures + 1))
+  [[ -n ${raw:-} ]] && /usr/bin/python3 -c 'import json, sys
+label, kernel, message = sys.argv[1:4]
+variant, _, detail = message.partition(": ")
+print(json.dumps({"label": label, "kernel": kernel, "variant": variant, "datapath": "", "metric": "failure",
+                  "value": 1, "unit": "", "run": 0, "detail": " ".join(detail.split())[:300]}))' "$LABEL" "${KERNEL:-}" "$*" >>"$raw"
+}
 
 cleanup() {
   local pid
@@ -268,7 +277,12 @@ except Exception as e:
     print("0 0")' <<<"$out")
   local bytes=${parsed% *} bps=${parsed#* }
   if [[ $bytes == 0 ]]; then
-    fail "$v: iperf3 ($streams stream(s)) moved no bytes: $(tail -c 300 <<<"$out")"
+    fail "$v: iperf3 ($streams stream(s)) moved no bytes: $(/usr/bin/python3 -c 'import json, sys
+text = sys.stdin.read()
+try:
+    print(json.loads(text).get("error") or text[-200:])
+except ValueError:
+    print(text[-200:])' <<<"$out")"
     return
   fi
   record "$v" "throughput_${streams}_stream_gbit_s" "$(awk -v b="$bps" 'BEGIN {printf "%.3f", b / 1e9}')" "Gbit/s" "$run"

@@ -223,6 +223,14 @@ RelayPair StartRelayPair(LoopThread& loop, tls::Datapath datapath,
 RelayPair StartRelayPair(LoopThread& client_loop, LoopThread& server_loop, tls::Datapath datapath,
                          std::shared_ptr<const tls::TlsContext> client_ctx,
                          std::shared_ptr<const tls::TlsContext> server_ctx, const SpiffeId& server_id) {
+  return StartRelayPair(client_loop, server_loop, datapath, std::move(client_ctx), std::move(server_ctx), server_id,
+                        tls::RelayOptions{}, tls::RelayOptions{});
+}
+
+RelayPair StartRelayPair(LoopThread& client_loop, LoopThread& server_loop, tls::Datapath datapath,
+                         std::shared_ptr<const tls::TlsContext> client_ctx,
+                         std::shared_ptr<const tls::TlsContext> server_ctx, const SpiffeId& server_id,
+                         const tls::RelayOptions& client_relay_options, const tls::RelayOptions& server_relay_options) {
   LoopThread& loop = client_loop;
   RelayPair pair;
   auto [app_client, client_plain] = TcpPair();
@@ -247,14 +255,14 @@ RelayPair StartRelayPair(LoopThread& client_loop, LoopThread& server_loop, tls::
   std::string error;
   client_loop.Run([&] {
     auto c = tls::Relay::Start(client_loop.loop(), std::move(client_plain), std::move(hs.client),
-                               datapath, tls::RelayOptions{},
+                               datapath, client_relay_options,
                                [client_promise](const tls::RelayResult& r) { client_promise->set_value(r); });
     if (!c.ok()) error += std::string(c.status().message());
     if (c.ok()) pair.client_relay = *c;
   });
   server_loop.Run([&] {
     auto s = tls::Relay::Start(server_loop.loop(), std::move(server_plain), std::move(hs.server),
-                               datapath, tls::RelayOptions{},
+                               datapath, server_relay_options,
                                [server_promise](const tls::RelayResult& r) { server_promise->set_value(r); });
     if (!s.ok()) error += std::string(s.status().message());
     if (s.ok()) pair.server_relay = *s;

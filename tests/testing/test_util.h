@@ -109,6 +109,11 @@ RelayPair StartRelayPair(LoopThread& client_loop, LoopThread& server_loop, tls::
 RelayPair StartRelayPair(LoopThread& loop, tls::Datapath datapath,
                          std::shared_ptr<const tls::TlsContext> client_ctx,
                          std::shared_ptr<const tls::TlsContext> server_ctx, const SpiffeId& server_id);
+// With options for each relay (key lifetime, capabilities).
+RelayPair StartRelayPair(LoopThread& client_loop, LoopThread& server_loop, tls::Datapath datapath,
+                         std::shared_ptr<const tls::TlsContext> client_ctx,
+                         std::shared_ptr<const tls::TlsContext> server_ctx, const SpiffeId& server_id,
+                         const tls::RelayOptions& client_options, const tls::RelayOptions& server_options);
 
 // Skips (loudly) when the kernel lacks kTLS, unless MESHTLS_REQUIRE_KTLS=1 makes that a failure.
 // Returns false if the caller must return.

@@ -316,5 +316,261 @@ INSTANTIATE_TEST_SUITE_P(
              std::get<1>(test_info.param).name;
     });
 
+// ---- Key lifetime (userspace-tls): records counted per key, KeyUpdate at the limit, a peer
+// that cannot follow gets a clean key_limit close instead, and a KeyUpdate flood is cut off. ----
+
+const SpiffeId kRelayServerId = *SpiffeId::Parse("spiffe://cluster.local/ns/default/sa/server");
+
+std::shared_ptr<const TlsContext> ContextWithSuites(const std::string& name, const std::string& suites) {
+  TlsContextOptions options = meshtls::testing::Credentials(name);
+  options.cipher_suites = {suites};
+  auto ctx = TlsContext::Create(options);
+  EXPECT_TRUE(ctx.ok()) << ctx.status();
+  return *ctx;
+}
+
+RelayOptions KeyOptions(uint64_t records_per_key, bool peer_follows) {
+  RelayOptions options;
+  options.key_lifetime.max_records_per_key = records_per_key;
+  options.peer_follows_key_update = peer_follows;
+  // A key per 1,000 records is dozens of legitimate KeyUpdates a second; the flood budget must
+  // allow them (the default budget is sized for the default 2^23 records per key).
+  options.key_lifetime.peer_key_updates_per_second = 10000;
+  options.key_lifetime.peer_key_update_burst = 1000;
+  return options;
+}
+
+uint64_t LargeStreamBytes() {
+  uint64_t total = 1ULL << 30;
+  if (const char* env = std::getenv("MESHTLS_LARGE_STREAM_BYTES")) total = std::strtoull(env, nullptr, 10);
+  return total;
+}
+
+// With a limit of 1,000 records per key, 1 GiB each way goes through ~65 key generations per
+// direction, checksums intact, and no key ever protects more than its limit.
+TEST(KeyLifetimeTest, KeysAreUpdatedAtTheLimitBothWaysAndTheStreamsStayIntact) {
+  LoopThread client_loop, server_loop;
+  const uint64_t total = LargeStreamBytes();
+  RelayPair pair = meshtls::testing::StartRelayPair(client_loop, server_loop, Datapath::kUserspaceTls,
+                                                    meshtls::testing::Context("client"),
+                                                    meshtls::testing::Context("server"), kRelayServerId,
+                                                    KeyOptions(1000, true), KeyOptions(1000, true));
+  StreamDigest up_sent, down_sent, up_got, down_got;
+  std::thread client_writer([&] { up_sent = WriteStream(pair.app_client.get(), total, 11, true); });
+  std::thread server_writer([&] { down_sent = WriteStream(pair.app_server.get(), total, 12, true); });
+  std::thread client_reader([&] { down_got = ReadStream(pair.app_client.get()); });
+  up_got = ReadStream(pair.app_server.get());
+  client_writer.join();
+  server_writer.join();
+  client_reader.join();
+  EXPECT_EQ(up_got.bytes, total);
+  EXPECT_EQ(up_got.sha256, up_sent.sha256);
+  EXPECT_EQ(down_got.bytes, total);
+  EXPECT_EQ(down_got.sha256, down_sent.sha256);
+  RelayResult client = Await(pair.client_result), server = Await(pair.server_result);
+  EXPECT_EQ(client.reason, FailureReason::kNone) << client.detail;
+  EXPECT_EQ(server.reason, FailureReason::kNone) << server.detail;
+  // At most 16 KiB per record: at least this many key updates each way.
+  const uint64_t expected = total / (16 * 1024) / 1000 - 1;
+  if (total >= (1ULL << 30)) {
+    EXPECT_GE(expected, 50u);
+  }
+  EXPECT_GE(client.key_usage.tx_generation, expected);
+  EXPECT_GE(server.key_usage.tx_generation, expected);
+  EXPECT_EQ(server.key_usage.rx_generation, client.key_usage.tx_generation);
+  EXPECT_EQ(client.key_usage.rx_generation, server.key_usage.tx_generation);
+  EXPECT_LE(client.key_usage.tx_records, 1000u);
+  EXPECT_LE(server.key_usage.tx_records, 1000u);
+}
+
+// The relay's record counts equal what a plain OpenSSL peer counts on its side, over random
+// record sizes, both ways.
+TEST(KeyLifetimeTest, RecordCountsMatchThePeersCount) {
+  LoopThread loop;
+  auto [peer_fd, tunnel_fd] = meshtls::testing::TcpPair();
+  auto [relay_plain, app] = meshtls::testing::TcpPair();
+  meshtls::testing::RawPeerOptions raw;
+  raw.identity = "client";
+  auto raw_ctx = meshtls::testing::RawContext(raw);
+  SslPtr peer;
+  std::thread raw_client([&, fd = peer_fd.get()] { peer = meshtls::testing::RawHandshake(raw_ctx.get(), fd, true); });
+  SessionOptions options;
+  options.role = Role::kServer;
+  auto session = TlsSession::Create(meshtls::testing::Context("server"), std::move(tunnel_fd), options);
+  ASSERT_TRUE(session.ok());
+  std::promise<std::unique_ptr<TlsSession>> done;
+  loop.Run([&] { DriveHandshake(loop.loop(), *std::move(session), [&](auto s) { done.set_value(std::move(s)); }); });
+  auto tunnel = done.get_future().get();
+  raw_client.join();
+  ASSERT_TRUE(tunnel->handshake_done() && peer);
+  struct Counts {
+    uint64_t written = 0, read = 0;
+  } counts;
+  SSL_set_msg_callback(peer.get(), [](int write_p, int, int content_type, const void*, size_t, SSL*, void* arg) {
+    if (content_type != SSL3_RT_HEADER) return;
+    ++(write_p != 0 ? static_cast<Counts*>(arg)->written : static_cast<Counts*>(arg)->read);
+  });
+  SSL_set_msg_callback_arg(peer.get(), &counts);
+  std::promise<RelayResult> closed;
+  loop.Run([&] {
+    ASSERT_TRUE(Relay::Start(loop.loop(), std::move(relay_plain), std::move(tunnel), Datapath::kUserspaceTls, {},
+                             [&](const RelayResult& r) { closed.set_value(r); })
+                    .ok());
+  });
+  // Peer -> relay: random sizes from 1 byte to 40 KB (up to three records each), then close_notify.
+  std::mt19937 random(99);
+  std::vector<char> chunk(40000, 'p');
+  uint64_t to_app = 0;
+  for (int i = 0; i < 300; ++i) {
+    const int size = 1 + static_cast<int>(random() % chunk.size());
+    ASSERT_EQ(SSL_write(peer.get(), chunk.data(), size), size);
+    to_app += static_cast<uint64_t>(size);
+  }
+  SSL_shutdown(peer.get());
+  EXPECT_EQ(ReadStream(app.get()).bytes, to_app);  // ends at the relay's FIN (after close_notify)
+  // App -> relay -> peer: random sizes, then FIN (the relay sends close_notify).
+  std::thread app_writer([&, fd = app.get()] {
+    std::mt19937 sizes(7);
+    std::vector<char> buf(100000, 'a');
+    for (int i = 0; i < 200; ++i) {
+      const size_t size = 1 + sizes() % buf.size();
+      ASSERT_EQ(::send(fd, buf.data(), size, MSG_NOSIGNAL), static_cast<ssize_t>(size));
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    ::shutdown(fd, SHUT_WR);
+  });
+  std::vector<char> sink(1 << 16);
+  while (SSL_read(peer.get(), sink.data(), static_cast<int>(sink.size())) > 0) {
+  }
+  app_writer.join();
+  auto result = closed.get_future();
+  ASSERT_EQ(result.wait_for(30s), std::future_status::ready);
+  const RelayResult r = result.get();
+  EXPECT_EQ(r.reason, FailureReason::kNone) << r.detail;
+  EXPECT_EQ(r.key_usage.rx_records, counts.written);
+  EXPECT_EQ(r.key_usage.tx_records, counts.read);
+  EXPECT_GT(counts.written, 300u);
+  EXPECT_GT(counts.read, 200u);
+}
+
+// A peer that said it cannot follow a KeyUpdate (a kTLS end on a kernel that cannot rekey) never
+// gets one: an AES-GCM connection is closed at the limit with key_limit, every byte before it
+// intact; ChaCha20-Poly1305 (no practical limit) keeps flowing.
+TEST(KeyLifetimeTest, APeerThatCannotFollowGetsAKeyLimitCloseOnAesGcm) {
+  LoopThread loop;
+  RelayPair pair = meshtls::testing::StartRelayPair(loop, loop, Datapath::kUserspaceTls,
+                                                    ContextWithSuites("client", "TLS_AES_128_GCM_SHA256"),
+                                                    meshtls::testing::Context("server"), kRelayServerId,
+                                                    KeyOptions(1000, false), KeyOptions(1000, false));
+  std::thread writer([&] { WriteStream(pair.app_client.get(), 256 << 20, 21, true); });
+  int error = 0;
+  // Re-create the sender's bytes to check the prefix that arrived.
+  std::vector<uint8_t> buf(256 * 1024);
+  ByteStream expected(21);
+  Sha256 got_sha, want_sha;
+  uint64_t got = 0;
+  while (true) {
+    const ssize_t n = ::recv(pair.app_server.get(), buf.data(), buf.size(), 0);
+    if (n <= 0) {
+      if (n < 0) error = errno;
+      break;
+    }
+    got_sha.Update(buf.data(), static_cast<size_t>(n));
+    std::vector<uint8_t> want(static_cast<size_t>(n));
+    expected.Fill(want.data(), want.size());
+    want_sha.Update(want.data(), want.size());
+    got += static_cast<uint64_t>(n);
+  }
+  writer.join();
+  RelayResult client = Await(pair.client_result);
+  Await(pair.server_result);
+  EXPECT_EQ(FailureReasonName(client.reason), "key_limit") << client.detail;
+  EXPECT_EQ(client.key_usage.tx_generation, 0u) << "no KeyUpdate was sent";
+  EXPECT_LE(client.key_usage.tx_records, 1000u);
+  EXPECT_GT(got, 0u);
+  EXPECT_LT(got, 256u << 20);
+  EXPECT_EQ(got_sha.Final(), want_sha.Final()) << "the bytes before the close are the sender's, in order";
+  EXPECT_EQ(error, ECONNRESET) << "the app sees a reset, not a clean end";
+}
+
+TEST(KeyLifetimeTest, ChaChaHasNoRecordLimitEvenWhenThePeerCannotFollow) {
+  LoopThread loop;
+  RelayPair pair = meshtls::testing::StartRelayPair(loop, loop, Datapath::kUserspaceTls,
+                                                    ContextWithSuites("client", "TLS_CHACHA20_POLY1305_SHA256"),
+                                                    meshtls::testing::Context("server"), kRelayServerId,
+                                                    KeyOptions(1000, false), KeyOptions(1000, false));
+  constexpr uint64_t kTotal = 64 << 20;
+  StreamDigest sent;
+  std::thread writer([&] { sent = WriteStream(pair.app_client.get(), kTotal, 22, true); });
+  StreamDigest got = ReadStream(pair.app_server.get());
+  writer.join();
+  ::shutdown(pair.app_server.get(), SHUT_WR);
+  EXPECT_EQ(got.bytes, kTotal);
+  EXPECT_EQ(got.sha256, sent.sha256);
+  RelayResult client = Await(pair.client_result);
+  Await(pair.server_result);
+  EXPECT_EQ(client.reason, FailureReason::kNone) << client.detail;
+  EXPECT_GT(client.key_usage.tx_records, 1000u);
+  EXPECT_EQ(client.key_usage.tx_generation, 0u);
+}
+
+// A peer sending KeyUpdates as fast as it can is cut off within its budget; a connection next to
+// it on the same loop is unaffected.
+TEST(KeyLifetimeTest, AKeyUpdateFloodIsCutOffAndOtherConnectionsFlow) {
+  LoopThread loop;
+  RelayPair bystander = meshtls::testing::StartRelayPair(loop, Datapath::kUserspaceTls);
+  auto [peer_fd, tunnel_fd] = meshtls::testing::TcpPair();
+  auto [relay_plain, app] = meshtls::testing::TcpPair();
+  meshtls::testing::RawPeerOptions raw;
+  raw.identity = "client";
+  auto raw_ctx = meshtls::testing::RawContext(raw);
+  SslPtr peer;
+  std::thread raw_client([&, fd = peer_fd.get()] { peer = meshtls::testing::RawHandshake(raw_ctx.get(), fd, true); });
+  SessionOptions options;
+  options.role = Role::kServer;
+  auto session = TlsSession::Create(meshtls::testing::Context("server"), std::move(tunnel_fd), options);
+  ASSERT_TRUE(session.ok());
+  std::promise<std::unique_ptr<TlsSession>> done;
+  loop.Run([&] { DriveHandshake(loop.loop(), *std::move(session), [&](auto s) { done.set_value(std::move(s)); }); });
+  auto tunnel = done.get_future().get();
+  raw_client.join();
+  ASSERT_TRUE(tunnel->handshake_done() && peer);
+  std::promise<RelayResult> closed;
+  RelayOptions relay_options;
+  relay_options.peer_follows_key_update = true;
+  relay_options.key_lifetime.peer_key_updates_per_second = 1;
+  relay_options.key_lifetime.peer_key_update_burst = 16;
+  loop.Run([&] {
+    ASSERT_TRUE(Relay::Start(loop.loop(), std::move(relay_plain), std::move(tunnel), Datapath::kUserspaceTls,
+                             relay_options, [&](const RelayResult& r) { closed.set_value(r); })
+                    .ok());
+  });
+  StreamDigest sent;
+  std::thread bystander_writer([&] { sent = WriteStream(bystander.app_client.get(), 64 << 20, 31, true); });
+  // 10,000 KeyUpdates a second: one per byte written, until the relay cuts the peer off.
+  const auto started = std::chrono::steady_clock::now();
+  int updates = 0;
+  for (; updates < 10000; ++updates) {
+    SSL_key_update(peer.get(), SSL_KEY_UPDATE_NOT_REQUESTED);
+    if (SSL_write(peer.get(), "k", 1) != 1) break;
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  auto result = closed.get_future();
+  ASSERT_EQ(result.wait_for(30s), std::future_status::ready);
+  const RelayResult r = result.get();
+  EXPECT_EQ(FailureReasonName(r.reason), "key_update_flood") << r.detail;
+  // The budget: 16 at once plus 1 per second since the start.
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  EXPECT_LE(r.key_usage.rx_generation, 17 + static_cast<uint64_t>(elapsed) + 1);
+  EXPECT_GE(r.key_usage.rx_generation, 16u);
+  StreamDigest got = ReadStream(bystander.app_server.get());
+  bystander_writer.join();
+  EXPECT_EQ(got.bytes, 64u << 20);
+  EXPECT_EQ(got.sha256, sent.sha256);
+  ::shutdown(bystander.app_server.get(), SHUT_WR);
+  EXPECT_EQ(Await(bystander.client_result).reason, FailureReason::kNone);
+  EXPECT_EQ(Await(bystander.server_result).reason, FailureReason::kNone);
+}
+
 }  // namespace
 }  // namespace meshtls::tls

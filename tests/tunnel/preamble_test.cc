@@ -250,11 +250,32 @@ TEST(PreambleTest, RejectsBadKnownFields) {
                  ReasonCode::kMalformedPreamble, "duplicate source workload field");
   ExpectRejected(Request(V4Destination() + Field(2, "r") + Field(2, "s")),
                  ReasonCode::kMalformedPreamble, "duplicate request id field");
+  ExpectRejected(Request(V4Destination() + Field(3, "")), ReasonCode::kMalformedPreamble,
+                 "capabilities field is 0 bytes, not 1");
+  ExpectRejected(Request(V4Destination() + Field(3, "\x01\x02")), ReasonCode::kMalformedPreamble,
+                 "capabilities field is 2 bytes, not 1");
+  ExpectRejected(Request(V4Destination() + Field(3, "\x01") + Field(3, "\x01")), ReasonCode::kMalformedPreamble,
+                 "duplicate capabilities field");
+}
+
+// The KeyUpdate capability travels as field 3; unknown flag bits are kept, not rejected, so that a
+// later version can add some.
+TEST(PreambleTest, CarriesCapabilities) {
+  Preamble preamble{Ip("10.0.0.1"), 8080, "", ""};
+  preamble.capabilities = kCapabilityFollowsKeyUpdate;
+  EXPECT_EQ(Encode(preamble), "MTLP" + Bytes({1, 0, 0, 11}) + V4Destination() + Field(3, "\x01"));
+  PreambleParser parser = ParseAll(Request(V4Destination() + Field(3, "\x81")));
+  ASSERT_EQ(parser.state(), PreambleParser::State::kDone) << parser.error();
+  EXPECT_EQ(parser.preamble().capabilities, 0x81);
+  // An older client sends no field: no capability.
+  parser = ParseAll(Request(V4Destination()));
+  ASSERT_EQ(parser.state(), PreambleParser::State::kDone);
+  EXPECT_EQ(parser.preamble().capabilities, 0);
 }
 
 TEST(PreambleTest, SkipsUnknownOptionalFieldsAndRejectsUnknownCriticalOnes) {
-  const std::string body = V4Destination() + Field(0, "") + Field(3, "x") + Field(2, "r") +
-                           Field(0x7f, std::string(100, 'z')) + Field(3, "repeat") +
+  const std::string body = V4Destination() + Field(0, "") + Field(4, "x") + Field(2, "r") +
+                           Field(0x7f, std::string(100, 'z')) + Field(4, "repeat") +
                            Field(1, "a/b");
   PreambleParser parser = ParseAll(Request(body));
   ASSERT_EQ(parser.state(), PreambleParser::State::kDone) << parser.error();

@@ -128,6 +128,12 @@ uint8_t BpfMode(const policy::PolicySet& policies, const policy::PolicyTarget& t
 
 }  // namespace
 
+// What this agent can do with a peer's KeyUpdate: OpenSSL follows one; the kTLS relay cannot
+// install new receive keys yet, so it must never be sent one.
+uint8_t LocalCapabilities(tls::Datapath datapath) {
+  return datapath == tls::Datapath::kUserspaceTls ? tunnel::kCapabilityFollowsKeyUpdate : 0;
+}
+
 struct NodeProxy::Impl {
   ProxyOptions options;
   ProxyDependencies deps;
@@ -342,6 +348,7 @@ struct NodeProxy::Impl {
     preamble.destination = dst_ip;
     preamble.destination_port = dst_port;
     preamble.source_workload = pod->workload.uid();
+    preamble.capabilities = LocalCapabilities(options.datapath);
     auto encoded = tunnel::EncodePreamble(preamble);
     if (!encoded.ok()) return refuse("internal", std::string(encoded.status().message()));
 
@@ -406,7 +413,10 @@ struct NodeProxy::Impl {
               Log(record);
               return;
             }
-            StartTlsRelay(loop, std::move(*plain), std::move(*box), std::move(record), nullptr, {});
+            // With OK, the reason code carries the server's capability flags.
+            const bool peer_follows =
+                (static_cast<uint16_t>(response.reason) & tunnel::kCapabilityFollowsKeyUpdate) != 0;
+            StartTlsRelay(loop, std::move(*plain), std::move(*box), std::move(record), nullptr, {}, peer_follows);
           });
     });
   }
@@ -414,8 +424,11 @@ struct NodeProxy::Impl {
   // Relays a tunnel whose handshake and preamble exchange are done; logs when it ends. Inbound
   // relays are remembered with their pod and source so that a policy change can end them.
   void StartTlsRelay(EventLoop& loop, UniqueFd plain, std::unique_ptr<tls::TlsSession> session,
-                     ConnectionRecord record, std::shared_ptr<Pod> inbound_pod, policy::SourceAttributes source) {
+                     ConnectionRecord record, std::shared_ptr<Pod> inbound_pod, policy::SourceAttributes source,
+                     bool peer_follows_key_update) {
     tls::RelayOptions relay_options;
+    relay_options.key_lifetime = options.key_lifetime;
+    relay_options.peer_follows_key_update = peer_follows_key_update;
     relay_options.registry = deps.registry;
     relay_options.plaintext_read_with_recv = options.local_leg_shortcut && record.direction == "outbound";
     const bool outbound = record.direction == "outbound";
@@ -568,7 +581,9 @@ struct NodeProxy::Impl {
                      std::move(record));
               return;
             }
-            ConnectToApp(loop, pod, preamble.destination_port, box, deadline, std::move(record), std::move(source));
+            const bool peer_follows = (preamble.capabilities & tunnel::kCapabilityFollowsKeyUpdate) != 0;
+            ConnectToApp(loop, pod, preamble.destination_port, box, deadline, std::move(record), std::move(source),
+                         peer_follows);
           });
     });
   }
@@ -588,7 +603,7 @@ struct NodeProxy::Impl {
 
   void ConnectToApp(EventLoop& loop, const std::shared_ptr<Pod>& pod, uint16_t port,
                     const std::shared_ptr<SessionBox>& box, Clock::time_point deadline, ConnectionRecord record,
-                    policy::SourceAttributes source) {
+                    policy::SourceAttributes source, bool peer_follows_key_update) {
     const IpAddress loopback = pod->workload.ips.front().is_v4() ? *IpAddress::Parse("127.0.0.1") : *IpAddress::Parse("::1");
     auto app = ConnectFrom(pod->workload.netns_path, loopback, port);
     if (!app.ok()) {
@@ -600,7 +615,8 @@ struct NodeProxy::Impl {
     auto fd = std::make_shared<UniqueFd>(std::move(*app));
     const int raw = fd->get();
     // Wait for the connect to finish, so the client learns about a closed port before any byte.
-    absl::Status st = loop.Add(raw, EPOLLOUT, [this, &loop, pod, fd, raw, box, deadline, record, source](uint32_t) mutable {
+    absl::Status st = loop.Add(raw, EPOLLOUT, [this, &loop, pod, fd, raw, box, deadline, record, source,
+                                               peer_follows_key_update](uint32_t) mutable {
       loop.Remove(raw);
       int error = 0;
       socklen_t length = sizeof(error);
@@ -612,9 +628,11 @@ struct NodeProxy::Impl {
                std::move(record));
         return;
       }
-      TunnelExchange::Start(loop, **box, tunnel::EncodeResponse({tunnel::ResponseStatus::kOk, tunnel::ReasonCode::kNone, ""}),
-                            0, nullptr, deadline,
-                            [this, &loop, pod, fd, box, record, source](absl::Status status, std::string) mutable {
+      const tunnel::Response ok{tunnel::ResponseStatus::kOk,
+                                static_cast<tunnel::ReasonCode>(LocalCapabilities(options.datapath)), ""};
+      TunnelExchange::Start(loop, **box, tunnel::EncodeResponse(ok), 0, nullptr, deadline,
+                            [this, &loop, pod, fd, box, record, source, peer_follows_key_update](absl::Status status,
+                                                                                                  std::string) mutable {
                               if (!status.ok()) {
                                 record.result = "error";
                                 record.reason = "peer_closed";
@@ -624,7 +642,8 @@ struct NodeProxy::Impl {
                                 Log(record);
                                 return;
                               }
-                              StartTlsRelay(loop, std::move(*fd), std::move(*box), std::move(record), pod, std::move(source));
+                              StartTlsRelay(loop, std::move(*fd), std::move(*box), std::move(record), pod, std::move(source),
+                                            peer_follows_key_update);
                             });
     });
     if (!st.ok()) {

@@ -29,6 +29,8 @@ std::string_view FailureReasonName(FailureReason reason) {
     case FailureReason::kDecryptError: return "decrypt_error";
     case FailureReason::kTruncated: return "truncated";
     case FailureReason::kPeerKeyUpdateUnsupported: return "peer_key_update_unsupported";
+    case FailureReason::kKeyUpdateFlood: return "key_update_flood";
+    case FailureReason::kKeyLimit: return "key_limit";
     case FailureReason::kPeerReset: return "peer_reset";
     case FailureReason::kHandshakeTimeout: return "handshake_timeout";
     case FailureReason::kPeerClosed: return "peer_closed";

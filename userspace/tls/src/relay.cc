@@ -23,6 +23,11 @@ std::shared_ptr<Relay> MakeSpliceRelay(EventLoop& loop, UniqueFd plaintext,
                                        std::unique_ptr<TlsSession> tunnel,
                                        Relay::CloseCallback on_close);
 
+KeyUpdateCounters& GlobalKeyUpdateCounters() {
+  static KeyUpdateCounters counters;
+  return counters;
+}
+
 std::string_view DatapathName(Datapath datapath) {
   switch (datapath) {
     case Datapath::kKtlsSplice: return "ktls-splice";
@@ -172,6 +177,7 @@ void Relay::Finish(FailureReason reason, std::string detail) {
   result.reason = reason;
   result.detail = std::move(detail);
   result.stats = stats_;
+  result.key_usage = key_usage_;
   result.duration =
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started_);
   if (failed) {

@@ -6,10 +6,12 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "meshtls/common/strings.h"
 #include "meshtls/common/openssl.h"
+#include "meshtls/common/token_bucket.h"
 #include "meshtls/tls/relay.h"
 
 namespace meshtls::tls {
@@ -66,8 +68,18 @@ class UserspaceRelay final : public Relay {
               std::move(on_close)) {}
 
  private:
-  absl::Status Init(const RelayOptions& /*options*/) override {
+  absl::Status Init(const RelayOptions& options) override {
     SSL* ssl = tunnel_->ssl();
+    lifetime_ = options.key_lifetime;
+    peer_follows_key_update_ = options.peer_follows_key_update;
+    // ChaCha20-Poly1305 has no practical record limit (RFC 8446 §5.5 names only AES-GCM's).
+    key_has_limit_ = tunnel_->cipher_iana_id() != 0x1303;
+    if (lifetime_.max_records_per_key == 0) return absl::InvalidArgumentError("max_records_per_key must be at least 1");
+    peer_updates_.emplace(lifetime_.peer_key_updates_per_second, lifetime_.peer_key_update_burst);
+    // Every record header and handshake message from here on passes through OnMessage: the
+    // record counts per key, and the KeyUpdates either way.
+    SSL_set_msg_callback(ssl, &UserspaceRelay::OnMessage);
+    SSL_set_msg_callback_arg(ssl, this);
     // From here on OpenSSL may read ahead of the record it parses (one recv() for several
     // records instead of two per record), and frees its buffers while the connection is idle.
     SSL_set_read_ahead(ssl, 1);
@@ -87,10 +99,76 @@ class UserspaceRelay final : public Relay {
     if (!closed_ && up_closed_ && down_closed_) Finish(FailureReason::kNone, "");
   }
 
+  // OpenSSL's message callback (record headers, handshake messages), inside SSL_read/SSL_write:
+  // it only counts and flags; the relay acts on the flags once OpenSSL has returned.
+  static void OnMessage(int write_p, int /*version*/, int content_type, const void* buf, size_t len, SSL* /*ssl*/,
+                        void* arg) {
+    auto* self = static_cast<UserspaceRelay*>(arg);
+    KeyUsage& usage = self->key_usage_;
+    if (content_type == SSL3_RT_HEADER) {
+      ++(write_p != 0 ? usage.tx_records : usage.rx_records);
+      return;
+    }
+    if (content_type != SSL3_RT_HANDSHAKE || len < 1 || static_cast<const uint8_t*>(buf)[0] != SSL3_MT_KEY_UPDATE) return;
+    // The KeyUpdate travels under the old key; the records after it use the new one.
+    if (write_p != 0) {
+      ++usage.tx_generation;
+      usage.tx_records = 0;
+      GlobalKeyUpdateCounters().sent++;
+    } else {
+      ++usage.rx_generation;
+      usage.rx_records = 0;
+      GlobalKeyUpdateCounters().received++;
+      if (!self->peer_updates_->TryTake()) self->key_update_flood_ = true;
+    }
+  }
+
+  // Replaces our sending key before it reaches its record limit, and asks the peer to replace
+  // its own when the receiving key nears it (a peer that never updates would otherwise run one
+  // key forever). OpenSSL sends the KeyUpdate with the next write.
+  // Returns false once the relay has finished (a key at its limit that cannot be replaced).
+  bool RenewKeysIfDue(SSL* ssl) {
+    if (SSL_get_key_update_type(ssl) != SSL_KEY_UPDATE_NONE) return true;  // one is already pending
+    const uint64_t limit = lifetime_.max_records_per_key;
+    // Headroom for the records one SSL_write may produce (64 KiB: four) plus the KeyUpdate itself.
+    const uint64_t due = limit > 8 ? limit - 8 : 0;
+    if (!peer_follows_key_update_) {
+      // A KeyUpdate would break this peer (a kTLS end that cannot install new keys): close
+      // before the key is worn out rather than go past its limit.
+      if (key_has_limit_ && key_usage_.tx_records >= due) {
+        GlobalKeyUpdateCounters().key_limit_closes++;
+        Finish(FailureReason::kKeyLimit,
+               StrCat("the sending key protected ", key_usage_.tx_records, " records (limit ", limit,
+                      ") and the peer cannot follow a KeyUpdate"));
+        return false;
+      }
+      return true;
+    }
+    if (key_usage_.tx_records >= due) {
+      SSL_key_update(ssl, SSL_KEY_UPDATE_NOT_REQUESTED);
+    } else if (key_usage_.rx_records >= due && !rx_update_requested_) {
+      SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED);
+      rx_update_requested_ = true;
+    }
+    if (key_usage_.rx_records < due) rx_update_requested_ = false;
+    return true;
+  }
+
+  // After every SSL_read: a peer over its KeyUpdate budget is cut off.
+  bool CheckKeyUpdateFlood() {
+    if (!key_update_flood_) return true;
+    GlobalKeyUpdateCounters().floods++;
+    Finish(FailureReason::kKeyUpdateFlood,
+           StrCat("peer sent KeyUpdates faster than ", lifetime_.peer_key_updates_per_second, "/s (burst ",
+                  lifetime_.peer_key_update_burst, "), after ", key_usage_.rx_generation, " key update(s)"));
+    return false;
+  }
+
   // plaintext -> TLS. Returns false once the relay has finished.
   bool PumpUp(SSL* ssl, bool& progress) {
     if (!up_.empty()) {
       if (!tunnel_writable_) return true;
+      if (!RenewKeysIfDue(ssl)) return false;
       ERR_clear_error();
       const int n = SSL_write(ssl, up_.data.get() + up_.begin, static_cast<int>(up_.size()));
       if (n > 0) {
@@ -139,6 +217,7 @@ class UserspaceRelay final : public Relay {
     if (!down_eof_ && down_.space() >= 16 * 1024 && (tunnel_readable_ || SSL_has_pending(ssl))) {
       ERR_clear_error();
       const int n = SSL_read(ssl, down_.write_ptr(), static_cast<int>(down_.space()));
+      if (!CheckKeyUpdateFlood()) return false;
       if (n > 0) {
         down_.end += static_cast<size_t>(n);
         progress = true;
@@ -200,6 +279,12 @@ class UserspaceRelay final : public Relay {
 
   Buffer up_;    // plaintext read, not yet accepted by SSL_write
   Buffer down_;  // decrypted, not yet written to the plaintext socket
+  KeyLifetimeOptions lifetime_;
+  std::optional<TokenBucket> peer_updates_;  // the peer's KeyUpdate budget
+  bool key_update_flood_ = false;
+  bool rx_update_requested_ = false;
+  bool peer_follows_key_update_ = false;
+  bool key_has_limit_ = true;
   bool up_eof_ = false;      // the plaintext side sent FIN
   bool up_closed_ = false;   // close_notify and FIN sent on the tunnel
   bool down_eof_ = false;    // close_notify received

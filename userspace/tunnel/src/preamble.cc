@@ -104,6 +104,9 @@ absl::StatusOr<std::string> EncodePreamble(const Preamble& preamble) {
   if (!preamble.request_id.empty()) {
     AppendField(&body, FieldType::kRequestId, preamble.request_id);
   }
+  if (preamble.capabilities != 0) {
+    AppendField(&body, FieldType::kCapabilities, std::string(1, static_cast<char>(preamble.capabilities)));
+  }
   std::string out(kPreambleMagic);
   AppendU8(&out, kProtocolVersion);
   AppendU8(&out, 0);
@@ -255,6 +258,7 @@ void PreambleParser::ParseBody() {
 
   bool seen_source_workload = false;
   bool seen_request_id = false;
+  bool seen_capabilities = false;
   size_t offset = 3 + address_size;
   while (offset < body.size()) {
     if (body.size() - offset < 3) {
@@ -300,6 +304,14 @@ void PreambleParser::ParseBody() {
                       StrCat("request id is ", value.size(), " bytes, not 1..", kMaxRequestIdSize));
         }
         preamble_.request_id = std::string(value);
+        break;
+      case static_cast<uint8_t>(FieldType::kCapabilities):
+        if (seen_capabilities) return Fail(ReasonCode::kMalformedPreamble, "duplicate capabilities field");
+        seen_capabilities = true;
+        if (value.size() != 1) {
+          return Fail(ReasonCode::kMalformedPreamble, StrCat("capabilities field is ", value.size(), " bytes, not 1"));
+        }
+        preamble_.capabilities = static_cast<uint8_t>(value[0]);
         break;
       default:
         if (type >= kFirstCriticalFieldType) {

@@ -40,6 +40,7 @@ struct ProxyOptions {
   // use up the node-wide limit and lock out everyone else. 0: max_pending_handshakes / 8.
   uint32_t max_pending_handshakes_per_source = 0;
   uint32_t max_connections = 65536;
+  tls::KeyLifetimeOptions key_lifetime;
 };
 
 // Told about every connection's life, for metrics and the event stream. Called on worker loop

@@ -34,6 +34,8 @@ enum class FailureReason {
   kDecryptError,            // a record failed authentication
   kTruncated,               // TCP EOF without close_notify after the handshake
   kPeerKeyUpdateUnsupported,  // the peer sent a KeyUpdate this kernel's kTLS cannot follow
+  kKeyUpdateFlood,          // the peer sent KeyUpdates faster than its budget allows
+  kKeyLimit,                // a key reached its record limit and could not be replaced
   kPeerReset,               // either socket was reset by its peer
   kHandshakeTimeout,
   kPeerClosed,              // TCP EOF during the handshake

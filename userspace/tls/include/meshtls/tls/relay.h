@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -28,7 +29,39 @@ absl::StatusOr<Datapath> ChooseDatapath(std::string_view requested);
 
 class ConnectionRegistry;
 
+// How long one TLS 1.3 traffic key may be used, and how often a peer may change its own.
+struct KeyLifetimeOptions {
+  // Records protected under one key, per direction, before it is replaced (KeyUpdate). RFC 8446
+  // §5.5 allows AES-GCM 2^24.5 full records; the default leaves a wide margin.
+  uint64_t max_records_per_key = uint64_t{1} << 23;
+  // KeyUpdates a peer may send: a token bucket per connection. A peer over it is cut off with
+  // key_update_flood (HAProxy's kTLS frontends fell over under such a storm, haproxy#3450).
+  double peer_key_updates_per_second = 1.0;
+  double peer_key_update_burst = 16;
+};
+
+// One connection's key use, per direction.
+struct KeyUsage {
+  uint64_t tx_records = 0;     // records sent under the current sending key
+  uint64_t rx_records = 0;     // records received under the current receiving key
+  uint64_t tx_generation = 0;  // KeyUpdates sent (0: still the handshake's traffic key)
+  uint64_t rx_generation = 0;  // KeyUpdates received
+};
+
+// Process-wide KeyUpdate counts, for metrics (meshtls_tls_key_updates_total).
+struct KeyUpdateCounters {
+  std::atomic<uint64_t> sent{0};
+  std::atomic<uint64_t> received{0};
+  std::atomic<uint64_t> floods{0};  // connections cut off for key_update_flood
+  std::atomic<uint64_t> key_limit_closes{0};  // connections closed at a key's record limit
+};
+KeyUpdateCounters& GlobalKeyUpdateCounters();
+
 struct RelayOptions {
+  KeyLifetimeOptions key_lifetime;
+  // The peer said (tunnel capabilities) that it can follow our KeyUpdate. Without it a sending
+  // key is never updated: an AES-GCM connection is closed at its record limit (key_limit).
+  bool peer_follows_key_update = false;
   // Capacity of each direction's pipe in the splice relay (bounded by fs.pipe-max-size).
   size_t pipe_size = 1 << 20;
   // If set, the relay is listed there while it runs (must outlive the relay).
@@ -47,6 +80,7 @@ struct RelayResult {
   FailureReason reason = FailureReason::kNone;  // kNone: both directions closed cleanly
   std::string detail;
   RelayStats stats;
+  KeyUsage key_usage;
   std::chrono::microseconds duration{0};
 };
 
@@ -72,6 +106,8 @@ class Relay : public std::enable_shared_from_this<Relay> {
 
   Datapath datapath() const { return datapath_; }
   const RelayStats& stats() const { return stats_; }
+  // Loop thread only (the status API reads it there, like the live connection table).
+  const KeyUsage& key_usage() const { return key_usage_; }
   const TlsSession& tunnel() const { return *tunnel_; }
   bool closed() const { return closed_; }
 
@@ -117,6 +153,7 @@ class Relay : public std::enable_shared_from_this<Relay> {
   std::unique_ptr<TlsSession> tunnel_;
   Datapath datapath_;
   RelayStats stats_;
+  KeyUsage key_usage_;
   bool closed_ = false;
 
  private:

@@ -27,12 +27,13 @@
 //   1  source workload, "namespace/name", 1..253 bytes, no NUL (otherwise opaque). A claim for
 //      logs only: the peer's identity is its SVID.
 //   2  request id, 1..64 opaque bytes, to correlate access logs across nodes.
+//   3  capabilities, 1 byte of flags (kCapability*); unknown bits are ignored.
 //
 // Response (server -> client):
 //   0      4     magic "MTLR" (4d 54 4c 52)
 //   4      1     version, 1
 //   5      1     status: 0 OK, 1 DENIED, 2 ERROR
-//   6      2     reason code (ReasonCode)
+//   6      2     reason code (ReasonCode); with status OK, the server's capability flags
 //   8      1     message length M, 0..255
 //   9      M     message: human readable, for logs
 // Bytes after the preamble (or the response) are application data.
@@ -69,7 +70,13 @@ inline constexpr size_t kMaxResponseSize = kResponseHeaderSize + kMaxResponseMes
 enum class FieldType : uint8_t {
   kSourceWorkload = 1,
   kRequestId = 2,
+  kCapabilities = 3,
 };
+
+// Capability flags: in the preamble's capabilities field (the client's) and in the reason code of
+// an OK response (the server's). Agents that predate them send neither, which reads as "none".
+// This end can follow the peer's TLS 1.3 KeyUpdate; a peer without it must never get one.
+inline constexpr uint8_t kCapabilityFollowsKeyUpdate = 0x01;
 inline constexpr uint8_t kFirstCriticalFieldType = 0x80;
 
 struct Preamble {
@@ -78,6 +85,7 @@ struct Preamble {
   // Empty: the field is absent.
   std::string source_workload;
   std::string request_id;
+  uint8_t capabilities = 0;  // kCapability* flags; 0: the field is absent
 
   friend bool operator==(const Preamble&, const Preamble&) = default;
 };
