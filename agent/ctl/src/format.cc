@@ -136,6 +136,7 @@ std::string RenderStatus(const v1::GetStatusResponse& s, const RenderOptions& op
   if (!k.ktls_detail().empty()) StrAppend(&ktls, ": ", k.ktls_detail());
   agent.Add("kTLS", ktls);
   agent.Add("kTLS ciphers", JoinList(k.ktls_ciphers()));
+  if (!k.ktls_self_test().empty()) agent.Add("kTLS self-test", k.ktls_self_test());
   agent.Add("Local-leg shortcut", k.local_leg_shortcut() ? "on" : "off");
   std::string out = agent.Render();
 
