@@ -144,6 +144,9 @@ class Agent {
     proxy_options.handshake_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(config_.handshake_timeout);
     proxy_options.max_pending_handshakes = config_.max_pending_handshakes;
     proxy_options.max_connections = config_.max_connections;
+    proxy_options.key_lifetime.max_records_per_key = config_.records_per_key;
+    proxy_options.key_lifetime.peer_key_update_burst = config_.peer_key_update_burst;
+    proxy_options.key_lifetime.peer_key_updates_per_second = config_.peer_key_updates_per_minute / 60.0;
     proxy::ProxyDependencies deps;
     for (auto& loop : workers_) deps.workers.push_back(loop.get());
     deps.identities = identities_.get();
@@ -336,6 +339,8 @@ class Agent {
   // meshtls_ready follows the readiness check, so alerts need no probe of their own.
   void ScheduleReadinessGauge() {
     metrics_->Ready(Readiness().ready);
+    const tls::KeyUpdateCounters& keys = tls::GlobalKeyUpdateCounters();
+    metrics_->KeyUpdates(keys.sent.load(), keys.received.load(), keys.floods.load());
     control_->AddTimer(EventLoop::Clock::now() + std::chrono::seconds(5), [this] { ScheduleReadinessGauge(); });
   }
 

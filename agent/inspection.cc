@@ -59,6 +59,7 @@ v1::GetStatusResponse AgentInspection::Status() const {
   kernel->set_ktls_available(parts_.ktls.available);
   kernel->set_ktls_detail(parts_.ktls.detail);
   kernel->set_ktls_self_test(parts_.ktls_self_test);
+  kernel->set_ktls_rekey(parts_.ktls.rekey);
   for (tls::KtlsCipher cipher : {tls::KtlsCipher::kAes128Gcm, tls::KtlsCipher::kAes256Gcm, tls::KtlsCipher::kChacha20Poly1305}) {
     if (parts_.ktls.Supports(cipher)) kernel->add_ktls_ciphers(std::string(tls::KtlsCipherName(cipher)));
   }
@@ -137,6 +138,10 @@ v1::ListConnectionsResponse AgentInspection::Connections(const std::string& work
     c->set_tls_version(r.tls_version);
     c->set_cipher(r.cipher);
     c->set_ktls(live.ktls);
+    c->set_tx_key_generation(live.keys.tx_generation);
+    c->set_rx_key_generation(live.keys.rx_generation);
+    c->set_tx_records_current_key(live.keys.tx_records);
+    c->set_rx_records_current_key(live.keys.rx_records);
     c->set_datapath(DatapathOf(r.datapath));
     *c->mutable_age() = Duration(std::chrono::duration_cast<std::chrono::nanoseconds>(live.age));
     c->set_peer_serial(r.peer_serial);

@@ -67,6 +67,7 @@ void AgentObserver::OnFinished(const proxy::ConnectionRecord& record, bool was_o
     // Istio's directions: "received" is source -> destination, "sent" the way back.
     metrics_->ConnectionClosed(LabelsOf(record), record.bytes_received, record.bytes_sent);
     metrics_->ConnectionsActive(record.datapath, -1);
+    metrics_->ConnectionEnded(record.result == "ok" ? "none" : record.reason);
   }
   if (record.result == "denied") metrics_->PolicyDenial(record.reason);
   const bool inbound = record.direction != "outbound";

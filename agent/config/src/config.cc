@@ -450,6 +450,9 @@ const std::vector<std::string_view> kTopLevelKeys = {"nodeName",
                                                      "handshakeTimeout",
                                                      "maxPendingHandshakes",
                                                      "maxConnections",
+                                                     "recordsPerKey",
+                                                     "peerKeyUpdateBurst",
+                                                     "peerKeyUpdatesPerMinute",
                                                      "svidTtl",
                                                      "accessLog"};
 
@@ -536,6 +539,13 @@ absl::StatusOr<AgentConfig> ParseConfig(std::string_view yaml, std::string_view 
       if (auto v = ReadInt<uint32_t>(errors, e, 1, std::numeric_limits<uint32_t>::max(), "65536")) {
         config.max_connections = *v;
       }
+    } else if (k == "recordsPerKey") {
+      // 2^24 at most: RFC 8446 §5.5 puts AES-GCM's limit at 2^24.5 full records.
+      if (auto v = ReadInt<uint64_t>(errors, e, 1, uint64_t{1} << 24, "8388608")) config.records_per_key = *v;
+    } else if (k == "peerKeyUpdateBurst") {
+      if (auto v = ReadInt<uint32_t>(errors, e, 1, 1'000'000, "16")) config.peer_key_update_burst = *v;
+    } else if (k == "peerKeyUpdatesPerMinute") {
+      if (auto v = ReadInt<uint32_t>(errors, e, 1, 60'000'000, "60")) config.peer_key_updates_per_minute = *v;
     } else if (k == "svidTtl") {
       ReadDuration(errors, e, &config.svid_ttl, "24h");
     } else if (k == "accessLog") {
@@ -665,6 +675,9 @@ std::string DumpConfig(const AgentConfig& c) {
   out << YAML::Key << "handshakeTimeout" << YAML::Value << FormatDuration(c.handshake_timeout);
   out << YAML::Key << "maxPendingHandshakes" << YAML::Value << c.max_pending_handshakes;
   out << YAML::Key << "maxConnections" << YAML::Value << c.max_connections;
+  out << YAML::Key << "recordsPerKey" << YAML::Value << c.records_per_key;
+  out << YAML::Key << "peerKeyUpdateBurst" << YAML::Value << c.peer_key_update_burst;
+  out << YAML::Key << "peerKeyUpdatesPerMinute" << YAML::Value << c.peer_key_updates_per_minute;
   out << YAML::Key << "svidTtl" << YAML::Value << FormatDuration(c.svid_ttl);
   out << YAML::Key << "accessLog" << YAML::Value << c.access_log;
   out << YAML::EndMap;

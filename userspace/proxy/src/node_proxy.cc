@@ -941,6 +941,7 @@ std::vector<LiveConnection> NodeProxy::Connections(const std::string& workload) 
       if (auto relay = entry.relay.lock()) {
         c.record.bytes_sent = outbound ? relay->stats().bytes_to_tunnel : relay->stats().bytes_from_tunnel;
         c.record.bytes_received = outbound ? relay->stats().bytes_from_tunnel : relay->stats().bytes_to_tunnel;
+        c.keys = relay->key_usage();
       } else if (auto plain = entry.plain.lock()) {
         c.record.bytes_sent = plain->bytes_a_to_b();
         c.record.bytes_received = plain->bytes_b_to_a();

@@ -117,6 +117,14 @@ Metrics::Metrics()
                                               .Name("meshtls_handshake_events_suppressed_total")
                                               .Help("mtls_handshake event lines not written: over the rate limit")
                                               .Register(*registry_)),
+      key_updates_(prometheus::BuildCounter()
+                       .Name("meshtls_tls_key_updates_total")
+                       .Help("TLS 1.3 KeyUpdates, by direction (sent, received) and result (ok, flood)")
+                       .Register(*registry_)),
+      connections_closed_(prometheus::BuildCounter()
+                              .Name("meshtls_connections_closed_total")
+                              .Help("Relayed connections that ended, by reason (none: a clean end)")
+                              .Register(*registry_)),
       handshake_duration_(handshake_duration_family_.Add({}, HandshakeBuckets())),
       svid_issuance_(svid_issuance_family_.Add({}, HandshakeBuckets())),
       policy_reload_ok_(policy_reload_ok_family_.Add({})),
@@ -125,6 +133,11 @@ Metrics::Metrics()
       ktls_unavailable_(ktls_unavailable_family_.Add({})),
       events_dropped_(events_dropped_family_.Add({})) {
   policy_reload_ok_.Set(1);
+  key_updates_.Add({{"direction", "sent"}, {"result", "ok"}});
+  key_updates_.Add({{"direction", "received"}, {"result", "ok"}});
+  key_updates_.Add({{"direction", "received"}, {"result", "flood"}});
+  connections_closed_.Add({{"reason", "key_limit"}});
+  close_reasons_.insert("key_limit");
   policy_reloads_.Add({{"result", "success"}});
   policy_reloads_.Add({{"result", "failure"}});
   // Series that exist from the start, so that rate() and alerts see 0 rather than nothing.
@@ -199,6 +212,25 @@ void Metrics::PolicyReload(bool success) {
 }
 
 void Metrics::Ready(bool ready) { ready_.Set(ready ? 1 : 0); }
+
+void Metrics::KeyUpdates(uint64_t sent, uint64_t received, uint64_t floods) {
+  std::lock_guard lock(mutex_);
+  // Process totals in, increments out; a flood's last KeyUpdate is counted as received too.
+  key_updates_.Add({{"direction", "sent"}, {"result", "ok"}})
+      .Increment(static_cast<double>(sent - std::min(sent, key_updates_sent_)));
+  key_updates_.Add({{"direction", "received"}, {"result", "ok"}})
+      .Increment(static_cast<double>(received - std::min(received, key_updates_received_)));
+  key_updates_.Add({{"direction", "received"}, {"result", "flood"}})
+      .Increment(static_cast<double>(floods - std::min(floods, key_update_floods_)));
+  key_updates_sent_ = std::max(sent, key_updates_sent_);
+  key_updates_received_ = std::max(received, key_updates_received_);
+  key_update_floods_ = std::max(floods, key_update_floods_);
+}
+
+void Metrics::ConnectionEnded(std::string_view reason) {
+  std::lock_guard lock(mutex_);
+  connections_closed_.Add({{"reason", Bounded(close_reasons_, reason.empty() ? "none" : reason)}}).Increment();
+}
 
 void Metrics::HandshakeEventsSuppressed(uint64_t count) {
   handshake_events_suppressed_.Increment(static_cast<double>(count));

@@ -152,6 +152,20 @@ absl::Status ProbeCipher(KtlsCipher cipher) {
   return InstallKtls(a.get(), keys, 0, keys, 0);
 }
 
+// Installs AES-128-GCM keys, then tries to replace them in both directions.
+absl::Status ProbeRekey() {
+  UniqueFd a, b;
+  RETURN_IF_ERROR(LoopbackPair(a, b));
+  KtlsKeys keys;
+  keys.cipher = KtlsCipher::kAes128Gcm;
+  keys.key.assign(ParamsOf(keys.cipher).key_length, 0x42);
+  keys.iv.assign(12, 0x24);
+  RETURN_IF_ERROR(InstallKtls(a.get(), keys, 0, keys, 0));
+  keys.key.assign(ParamsOf(keys.cipher).key_length, 0x43);
+  RETURN_IF_ERROR(SetCryptoInfo(a.get(), TLS_TX, keys, 0));
+  return SetCryptoInfo(a.get(), TLS_RX, keys, 0);
+}
+
 }  // namespace
 
 std::string_view KtlsCipherName(KtlsCipher cipher) {
@@ -241,6 +255,12 @@ KtlsSupport ProbeKtls() {
     if (!st.ok()) notes.push_back(StrCat(KtlsCipherName(c.cipher), ": ", st.message()));
   }
   support.available = support.aes128gcm;
+  if (support.available) {
+    absl::Status rekey = ProbeRekey();
+    support.rekey = rekey.ok();
+    support.rekey_detail = rekey.ok() ? "a second TLS_TX and TLS_RX were accepted"
+                                      : StrCat("no kTLS rekeying: ", rekey.message());
+  }
   if (support.available) {
     support.detail = StrCat("kernel TLS usable (tcp_available_ulp: '", ulps, "')");
     if (!notes.empty()) StrAppend(&support.detail, "; unavailable ciphers: ", Join(notes, "; "));

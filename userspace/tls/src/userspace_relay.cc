@@ -129,6 +129,9 @@ class UserspaceRelay final : public Relay {
   // Returns false once the relay has finished (a key at its limit that cannot be replaced).
   bool RenewKeysIfDue(SSL* ssl) {
     if (SSL_get_key_update_type(ssl) != SSL_KEY_UPDATE_NONE) return true;  // one is already pending
+    // Never between an SSL_write that wanted to write and its retry: OpenSSL would put the
+    // KeyUpdate in the middle of the record it is still sending.
+    if (write_retry_pending_) return true;
     const uint64_t limit = lifetime_.max_records_per_key;
     // Headroom for the records one SSL_write may produce (64 KiB: four) plus the KeyUpdate itself.
     const uint64_t due = limit > 8 ? limit - 8 : 0;
@@ -146,11 +149,13 @@ class UserspaceRelay final : public Relay {
     }
     if (key_usage_.tx_records >= due) {
       SSL_key_update(ssl, SSL_KEY_UPDATE_NOT_REQUESTED);
-    } else if (key_usage_.rx_records >= due && !rx_update_requested_) {
+    } else if (key_usage_.rx_records >= limit && !rx_update_requested_) {
+      // A peer that updates its own keys does so at limit - 8 (as above), so this only asks one
+      // that does not (an older agent) to.
       SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED);
       rx_update_requested_ = true;
     }
-    if (key_usage_.rx_records < due) rx_update_requested_ = false;
+    if (key_usage_.rx_records < limit) rx_update_requested_ = false;
     return true;
   }
 
@@ -171,6 +176,7 @@ class UserspaceRelay final : public Relay {
       if (!RenewKeysIfDue(ssl)) return false;
       ERR_clear_error();
       const int n = SSL_write(ssl, up_.data.get() + up_.begin, static_cast<int>(up_.size()));
+      write_retry_pending_ = n <= 0 && SSL_get_error(ssl, n) == SSL_ERROR_WANT_WRITE;
       if (n > 0) {
         up_.Consume(static_cast<size_t>(n));
         stats_.bytes_to_tunnel += static_cast<uint64_t>(n);
@@ -283,6 +289,7 @@ class UserspaceRelay final : public Relay {
   std::optional<TokenBucket> peer_updates_;  // the peer's KeyUpdate budget
   bool key_update_flood_ = false;
   bool rx_update_requested_ = false;
+  bool write_retry_pending_ = false;  // the last SSL_write wanted to write: the next must retry it
   bool peer_follows_key_update_ = false;
   bool key_has_limit_ = true;
   bool up_eof_ = false;      // the plaintext side sent FIN

@@ -82,6 +82,11 @@ struct AgentConfig {
   std::chrono::nanoseconds handshake_timeout = std::chrono::seconds(10);
   uint32_t max_pending_handshakes = 1024;
   uint32_t max_connections = 65536;
+  // TLS key lifetime (userspace-tls): records per traffic key before a KeyUpdate (AES-GCM is
+  // good for 2^24.5), and the KeyUpdates a peer may send (a burst, then per minute).
+  uint64_t records_per_key = uint64_t{1} << 23;
+  uint32_t peer_key_update_burst = 16;
+  uint32_t peer_key_updates_per_minute = 60;
   std::chrono::nanoseconds svid_ttl = std::chrono::hours(24);
   std::string access_log = "stdout";  // stdout | stderr | off | an absolute file path
 

@@ -62,6 +62,7 @@ struct LiveConnection {
   ConnectionRecord record;  // bytes_sent/bytes_received are the counts so far
   std::chrono::steady_clock::duration age{};
   bool ktls = false;
+  tls::KeyUsage keys;  // TLS connections: records per key and key generations so far
 };
 
 // What the proxy uses but does not own. Everything must outlive the proxy.

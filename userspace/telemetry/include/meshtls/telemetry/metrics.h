@@ -87,6 +87,11 @@ class Metrics {
   void Ready(bool ready);
   // mtls_handshake event lines dropped by the access log's rate limit.
   void HandshakeEventsSuppressed(uint64_t count);
+  // TLS 1.3 KeyUpdates so far (process totals; the counters follow them): sent, received, and
+  // received from peers that were cut off for exceeding their budget.
+  void KeyUpdates(uint64_t sent, uint64_t received, uint64_t floods);
+  // Relayed connections that ended, by reason ("none" for a clean end).
+  void ConnectionEnded(std::string_view reason);
 
   // Connections (istio_tcp_*). Directions are Istio's, the same whichever side reports: `sent` is
   // destination -> source (the response direction), `received` is source -> destination (the
@@ -145,6 +150,8 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& policy_reload_ok_family_;
   prometheus::Family<prometheus::Gauge>& ready_family_;
   prometheus::Family<prometheus::Counter>& handshake_events_suppressed_family_;
+  prometheus::Family<prometheus::Counter>& key_updates_;
+  prometheus::Family<prometheus::Counter>& connections_closed_;
   prometheus::Histogram& handshake_duration_;
   prometheus::Histogram& svid_issuance_;
   prometheus::Gauge& policy_reload_ok_;
@@ -159,6 +166,8 @@ class Metrics {
   absl::flat_hash_set<std::string> denial_reasons_;
   absl::flat_hash_set<std::string> datapaths_;
   absl::flat_hash_set<std::string> plaintext_workloads_;
+  absl::flat_hash_set<std::string> close_reasons_;
+  uint64_t key_updates_sent_ = 0, key_updates_received_ = 0, key_update_floods_ = 0;
   std::vector<prometheus::Gauge*> ca_series_;
   prometheus::Gauge* build_info_ = nullptr;
 };

@@ -24,6 +24,10 @@ struct KtlsSupport {
   bool aes256gcm = false;
   bool chacha20poly1305 = false;
   std::string detail;  // why not, or what was proven
+  // A second TLS_TX and TLS_RX on the same socket were accepted: the kernel can rekey (needed to
+  // follow TLS 1.3 KeyUpdate in kTLS). Debian's 6.1 and 6.12 answer EBUSY.
+  bool rekey = false;
+  std::string rekey_detail;
   bool Supports(KtlsCipher cipher) const;
 };
 
