@@ -10,6 +10,7 @@
 
 #include "meshtls/ctl/format.h"
 #include "samples.h"
+#include "testing/test_util.h"
 
 namespace meshtls::ctl {
 namespace {
@@ -26,19 +27,7 @@ const char* Extension(OutputFormat format) {
 }
 
 void ExpectGolden(const std::string& name, const std::string& actual) {
-  const std::string path = std::string(MESHTLS_CTL_GOLDEN_DIR) + "/" + name;
-  const char* update = std::getenv("MESHTLS_UPDATE_GOLDEN");
-  if (update != nullptr && std::string(update) == "1") {
-    std::ofstream(path, std::ios::binary) << actual;
-    return;
-  }
-  std::ifstream in(path, std::ios::binary);
-  ASSERT_TRUE(in) << path << " is missing: run with MESHTLS_UPDATE_GOLDEN=1 to write it";
-  std::stringstream expected;
-  expected << in.rdbuf();
-  EXPECT_EQ(expected.str(), actual) << "output differs from " << path
-                                    << " (MESHTLS_UPDATE_GOLDEN=1 rewrites it); actual:\n"
-                                    << actual;
+  meshtls::testing::ExpectGolden(std::string(MESHTLS_CTL_GOLDEN_DIR) + "/" + name, actual);
 }
 
 class GoldenTest : public ::testing::TestWithParam<OutputFormat> {

@@ -17,6 +17,7 @@
 #include "meshtls/ctl/format.h"
 #include "meshtls/identity/certificate_authority.h"
 #include "meshtls/workload/workload.h"
+#include "testing/test_util.h"
 
 namespace meshtls::inspect {
 namespace {
@@ -47,17 +48,7 @@ Inputs LoadTestdata() {
 }
 
 void ExpectGolden(const std::string& name, const std::string& actual) {
-  const std::string path = kData + "/golden/" + name;
-  const char* update = std::getenv("MESHTLS_UPDATE_GOLDEN");
-  if (update != nullptr && std::string(update) == "1") {
-    std::ofstream(path, std::ios::binary) << actual;
-    return;
-  }
-  std::ifstream in(path, std::ios::binary);
-  ASSERT_TRUE(in) << path << " is missing: run with MESHTLS_UPDATE_GOLDEN=1 to write it";
-  std::stringstream expected;
-  expected << in.rdbuf();
-  EXPECT_EQ(expected.str(), actual) << "differs from " << path << "; actual:\n" << actual;
+  meshtls::testing::ExpectGolden(kData + "/golden/" + name, actual);
 }
 
 struct Case {

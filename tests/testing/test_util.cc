@@ -25,6 +25,21 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
+void ExpectGolden(const std::string& path, const std::string& actual) {
+  const char* update = std::getenv("MESHTLS_UPDATE_GOLDEN");
+  if (update != nullptr && std::string(update) == "1") {
+    std::ofstream(path, std::ios::binary) << actual;
+    return;
+  }
+  std::ifstream in(path, std::ios::binary);
+  ASSERT_TRUE(in) << path << " is missing: run with MESHTLS_UPDATE_GOLDEN=1 to write it";
+  std::stringstream expected;
+  expected << in.rdbuf();
+  EXPECT_EQ(expected.str(), actual) << "output differs from " << path
+                                    << " (MESHTLS_UPDATE_GOLDEN=1 rewrites it); actual:\n"
+                                    << actual;
+}
+
 std::string CertPath(const std::string& file) { return std::string(MESHTLS_TEST_CERTS_DIR) + "/" + file; }
 
 tls::TlsContextOptions Credentials(const std::string& name, const std::string& bundle,

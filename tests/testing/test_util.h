@@ -16,6 +16,8 @@
 namespace meshtls::testing {
 
 std::string ReadFile(const std::string& path);
+// Compares `actual` with the golden file at `path`; MESHTLS_UPDATE_GOLDEN=1 (re)writes it instead.
+void ExpectGolden(const std::string& path, const std::string& actual);
 std::string CertPath(const std::string& file);
 
 // TLS context options for identity NAME from tests/certs (NAME.crt + NAME.key), trusting `bundle`.

@@ -251,6 +251,51 @@ namespace {
 
 // A relay of ours as the TLS server, against a plain OpenSSL client that finishes the handshake
 // and then writes raw bytes on the socket, bypassing its TLS layer.
+// A plain OpenSSL client (identity "client") on one end of a tunnel, a relay as the server on the
+// other, its plaintext side connected to `app`. `peer` is null if the handshake failed.
+struct RawClientRelay {
+  UniqueFd peer_fd;
+  SslPtr peer;
+  UniqueFd app;
+  std::future<RelayResult> closed;
+};
+
+RawClientRelay StartRelayAgainstRawClient(LoopThread& loop, Datapath datapath, const RelayOptions& relay_options) {
+  RawClientRelay out;
+  auto [peer_fd, tunnel_fd] = meshtls::testing::TcpPair();
+  auto [relay_plain, app] = meshtls::testing::TcpPair();
+  out.peer_fd = std::move(peer_fd);
+  out.app = std::move(app);
+  meshtls::testing::RawPeerOptions raw;
+  raw.identity = "client";
+  auto raw_ctx = meshtls::testing::RawContext(raw);
+  std::thread raw_client([&, fd = out.peer_fd.get()] { out.peer = meshtls::testing::RawHandshake(raw_ctx.get(), fd, true); });
+  SessionOptions options;
+  options.role = Role::kServer;
+  options.capture_traffic_secrets = datapath == Datapath::kKtlsSplice;
+  auto session = TlsSession::Create(meshtls::testing::Context("server"), std::move(tunnel_fd), options);
+  std::promise<std::unique_ptr<TlsSession>> done;
+  if (session.ok()) {
+    loop.Run([&] { DriveHandshake(loop.loop(), *std::move(session), [&](auto s) { done.set_value(std::move(s)); }); });
+  } else {
+    done.set_value(nullptr);
+  }
+  auto tunnel = done.get_future().get();
+  raw_client.join();
+  if (!tunnel || !tunnel->handshake_done() || !out.peer) {
+    out.peer.reset();
+    return out;
+  }
+  auto closed = std::make_shared<std::promise<RelayResult>>();
+  out.closed = closed->get_future();
+  loop.Run([&] {
+    auto relay = Relay::Start(loop.loop(), std::move(relay_plain), std::move(tunnel), datapath, relay_options,
+                              [closed](const RelayResult& r) { closed->set_value(r); });
+    if (!relay.ok()) out.peer.reset();
+  });
+  return out;
+}
+
 struct HostileRecordCase {
   std::string name;
   std::string bytes;
@@ -264,34 +309,13 @@ TEST_P(HostileRecordTest, RelayClosesWithReasonAndResetsTheApp) {
   const auto& [datapath, c] = GetParam();
   if (!meshtls::testing::RequireDatapath(datapath)) GTEST_SKIP() << "kTLS unavailable on this kernel (see stderr)";
   LoopThread loop;
-  auto [peer_fd, tunnel_fd] = meshtls::testing::TcpPair();
-  auto [relay_plain, app] = meshtls::testing::TcpPair();
-  meshtls::testing::RawPeerOptions raw;
-  raw.identity = "client";
-  auto raw_ctx = meshtls::testing::RawContext(raw);
-  SslPtr peer;
-  std::thread raw_client([&, fd = peer_fd.get()] { peer = meshtls::testing::RawHandshake(raw_ctx.get(), fd, true); });
-  SessionOptions options;
-  options.role = Role::kServer;
-  options.capture_traffic_secrets = datapath == Datapath::kKtlsSplice;
-  auto session = TlsSession::Create(meshtls::testing::Context("server"), std::move(tunnel_fd), options);
-  ASSERT_TRUE(session.ok());
-  std::promise<std::unique_ptr<TlsSession>> done;
-  loop.Run([&] {
-    DriveHandshake(loop.loop(), *std::move(session), [&](auto s) { done.set_value(std::move(s)); });
-  });
-  auto tunnel = done.get_future().get();
-  raw_client.join();
-  ASSERT_TRUE(tunnel->handshake_done() && peer);
-  std::promise<RelayResult> closed;
-  loop.Run([&] {
-    ASSERT_TRUE(Relay::Start(loop.loop(), std::move(relay_plain), std::move(tunnel), datapath, {},
-                             [&](const RelayResult& r) { closed.set_value(r); })
-                    .ok());
-  });
+  RawClientRelay t = StartRelayAgainstRawClient(loop, datapath, {});
+  ASSERT_TRUE(t.peer);
+  UniqueFd& peer_fd = t.peer_fd;
+  UniqueFd& app = t.app;
+  auto& result = t.closed;
   ASSERT_EQ(::send(peer_fd.get(), c.bytes.data(), c.bytes.size(), MSG_NOSIGNAL),
             static_cast<ssize_t>(c.bytes.size()));
-  auto result = closed.get_future();
   ASSERT_EQ(result.wait_for(30s), std::future_status::ready);
   RelayResult r = result.get();
   EXPECT_EQ(FailureReasonName(r.reason), FailureReasonName(c.expected)) << r.detail;
@@ -388,22 +412,10 @@ TEST(KeyLifetimeTest, KeysAreUpdatedAtTheLimitBothWaysAndTheStreamsStayIntact) {
 // record sizes, both ways.
 TEST(KeyLifetimeTest, RecordCountsMatchThePeersCount) {
   LoopThread loop;
-  auto [peer_fd, tunnel_fd] = meshtls::testing::TcpPair();
-  auto [relay_plain, app] = meshtls::testing::TcpPair();
-  meshtls::testing::RawPeerOptions raw;
-  raw.identity = "client";
-  auto raw_ctx = meshtls::testing::RawContext(raw);
-  SslPtr peer;
-  std::thread raw_client([&, fd = peer_fd.get()] { peer = meshtls::testing::RawHandshake(raw_ctx.get(), fd, true); });
-  SessionOptions options;
-  options.role = Role::kServer;
-  auto session = TlsSession::Create(meshtls::testing::Context("server"), std::move(tunnel_fd), options);
-  ASSERT_TRUE(session.ok());
-  std::promise<std::unique_ptr<TlsSession>> done;
-  loop.Run([&] { DriveHandshake(loop.loop(), *std::move(session), [&](auto s) { done.set_value(std::move(s)); }); });
-  auto tunnel = done.get_future().get();
-  raw_client.join();
-  ASSERT_TRUE(tunnel->handshake_done() && peer);
+  RawClientRelay t = StartRelayAgainstRawClient(loop, Datapath::kUserspaceTls, {});
+  ASSERT_TRUE(t.peer);
+  SslPtr& peer = t.peer;
+  UniqueFd& app = t.app;
   struct Counts {
     uint64_t written = 0, read = 0;
   } counts;
@@ -412,12 +424,6 @@ TEST(KeyLifetimeTest, RecordCountsMatchThePeersCount) {
     ++(write_p != 0 ? static_cast<Counts*>(arg)->written : static_cast<Counts*>(arg)->read);
   });
   SSL_set_msg_callback_arg(peer.get(), &counts);
-  std::promise<RelayResult> closed;
-  loop.Run([&] {
-    ASSERT_TRUE(Relay::Start(loop.loop(), std::move(relay_plain), std::move(tunnel), Datapath::kUserspaceTls, {},
-                             [&](const RelayResult& r) { closed.set_value(r); })
-                    .ok());
-  });
   // Peer -> relay: random sizes from 1 byte to 40 KB (up to three records each), then close_notify.
   std::mt19937 random(99);
   std::vector<char> chunk(40000, 'p');
@@ -444,9 +450,8 @@ TEST(KeyLifetimeTest, RecordCountsMatchThePeersCount) {
   while (SSL_read(peer.get(), sink.data(), static_cast<int>(sink.size())) > 0) {
   }
   app_writer.join();
-  auto result = closed.get_future();
-  ASSERT_EQ(result.wait_for(30s), std::future_status::ready);
-  const RelayResult r = result.get();
+  ASSERT_EQ(t.closed.wait_for(30s), std::future_status::ready);
+  const RelayResult r = t.closed.get();
   EXPECT_EQ(r.reason, FailureReason::kNone) << r.detail;
   EXPECT_EQ(r.key_usage.rx_records, counts.written);
   EXPECT_EQ(r.key_usage.tx_records, counts.read);
@@ -522,32 +527,13 @@ TEST(KeyLifetimeTest, AKeyUpdateFloodIsCutOffAndOtherConnectionsFlow) {
   ::signal(SIGPIPE, SIG_IGN);
   LoopThread loop;
   RelayPair bystander = meshtls::testing::StartRelayPair(loop, Datapath::kUserspaceTls);
-  auto [peer_fd, tunnel_fd] = meshtls::testing::TcpPair();
-  auto [relay_plain, app] = meshtls::testing::TcpPair();
-  meshtls::testing::RawPeerOptions raw;
-  raw.identity = "client";
-  auto raw_ctx = meshtls::testing::RawContext(raw);
-  SslPtr peer;
-  std::thread raw_client([&, fd = peer_fd.get()] { peer = meshtls::testing::RawHandshake(raw_ctx.get(), fd, true); });
-  SessionOptions options;
-  options.role = Role::kServer;
-  auto session = TlsSession::Create(meshtls::testing::Context("server"), std::move(tunnel_fd), options);
-  ASSERT_TRUE(session.ok());
-  std::promise<std::unique_ptr<TlsSession>> done;
-  loop.Run([&] { DriveHandshake(loop.loop(), *std::move(session), [&](auto s) { done.set_value(std::move(s)); }); });
-  auto tunnel = done.get_future().get();
-  raw_client.join();
-  ASSERT_TRUE(tunnel->handshake_done() && peer);
-  std::promise<RelayResult> closed;
   RelayOptions relay_options;
   relay_options.peer_follows_key_update = true;
   relay_options.key_lifetime.peer_key_updates_per_second = 1;
   relay_options.key_lifetime.peer_key_update_burst = 16;
-  loop.Run([&] {
-    ASSERT_TRUE(Relay::Start(loop.loop(), std::move(relay_plain), std::move(tunnel), Datapath::kUserspaceTls,
-                             relay_options, [&](const RelayResult& r) { closed.set_value(r); })
-                    .ok());
-  });
+  RawClientRelay t = StartRelayAgainstRawClient(loop, Datapath::kUserspaceTls, relay_options);
+  ASSERT_TRUE(t.peer);
+  SslPtr& peer = t.peer;
   StreamDigest sent;
   std::thread bystander_writer([&] { sent = WriteStream(bystander.app_client.get(), 64 << 20, 31, true); });
   // 10,000 KeyUpdates a second: one per byte written, until the relay cuts the peer off.
@@ -558,9 +544,8 @@ TEST(KeyLifetimeTest, AKeyUpdateFloodIsCutOffAndOtherConnectionsFlow) {
     if (SSL_write(peer.get(), "k", 1) != 1) break;
     std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
-  auto result = closed.get_future();
-  ASSERT_EQ(result.wait_for(30s), std::future_status::ready);
-  const RelayResult r = result.get();
+  ASSERT_EQ(t.closed.wait_for(30s), std::future_status::ready);
+  const RelayResult r = t.closed.get();
   EXPECT_EQ(FailureReasonName(r.reason), "key_update_flood") << r.detail;
   // The budget: 16 at once plus 1 per second since the start.
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

@@ -44,13 +44,8 @@ double NowSeconds() {
          1000.0;
 }
 
-}  // namespace
-
-std::string AccessLog::ToJson(const ConnectionRecord& r) {
-  nlohmann::json j;
-  j["time"] = NowSeconds();
-  j["event"] = "connection";
-  if (r.connection_id != 0) j["connection_id"] = r.connection_id;
+// Who talked to whom, the same in every line.
+void AddParties(nlohmann::json& j, const ConnectionRecord& r) {
   j["direction"] = r.direction;
   j["src_workload"] = r.source_workload;
   j["src_identity"] = r.source_identity;
@@ -58,6 +53,19 @@ std::string AccessLog::ToJson(const ConnectionRecord& r) {
   j["dst_workload"] = r.destination_workload;
   j["dst_identity"] = r.destination_identity;
   j["dst_addr"] = r.destination_address;
+}
+
+// Replaces invalid UTF-8 rather than throw: details can carry peer-controlled bytes.
+std::string Dump(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+
+}  // namespace
+
+std::string AccessLog::ToJson(const ConnectionRecord& r) {
+  nlohmann::json j;
+  j["time"] = NowSeconds();
+  j["event"] = "connection";
+  if (r.connection_id != 0) j["connection_id"] = r.connection_id;
+  AddParties(j, r);
   j["bytes_sent"] = r.bytes_sent;
   j["bytes_received"] = r.bytes_received;
   j["duration_ms"] = static_cast<double>(r.duration.count()) / 1000.0;
@@ -70,8 +78,7 @@ std::string AccessLog::ToJson(const ConnectionRecord& r) {
   j["result"] = r.result;
   j["reason"] = r.reason;
   if (!r.detail.empty()) j["detail"] = r.detail;
-  // Replace invalid UTF-8 rather than throw: details can carry peer-controlled bytes.
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return Dump(j);
 }
 
 void AccessLog::Write(const ConnectionRecord& record) {
@@ -83,19 +90,13 @@ std::string AccessLog::HandshakeJson(const ConnectionRecord& r, bool ok, std::ch
   j["time"] = NowSeconds();
   j["event"] = "mtls_handshake";
   j["connection_id"] = r.connection_id;
-  j["direction"] = r.direction;
-  j["src_workload"] = r.source_workload;
-  j["src_identity"] = r.source_identity;
-  j["src_addr"] = r.source_address;
-  j["dst_workload"] = r.destination_workload;
-  j["dst_identity"] = r.destination_identity;
-  j["dst_addr"] = r.destination_address;
+  AddParties(j, r);
   j["result"] = ok ? "success" : "failure";
   j["failure_reason"] = ok ? "" : r.reason;
   if (!ok && !r.detail.empty()) j["detail"] = r.detail;
   j["tls_version"] = r.tls_version;
   j["duration_ms"] = static_cast<double>(duration.count()) / 1000.0;
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return Dump(j);
 }
 
 bool AccessLog::WriteHandshake(const ConnectionRecord& record, bool ok, std::chrono::microseconds duration) {

@@ -16,6 +16,7 @@
 #include "meshtls/common/strings.h"
 #include "meshtls/common/status.h"
 #include "meshtls/common/unique_fd.h"
+#include "loopback_pair.h"
 
 #ifndef SOL_TLS
 #define SOL_TLS 282
@@ -120,31 +121,9 @@ absl::Status SetCryptoInfo(int fd, int direction, const KtlsKeys& keys, uint64_t
   return absl::InvalidArgumentError("unknown kTLS cipher");
 }
 
-// A connected loopback TCP pair, for probing.
-absl::Status LoopbackPair(UniqueFd& client, UniqueFd& server) {
-  UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!listener) return ErrnoStatus(errno, "socket");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      ::listen(listener.get(), 1) != 0 ||
-      ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    return ErrnoStatus(errno, "loopback listener");
-  }
-  client.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!client || ::connect(client.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return ErrnoStatus(errno, "loopback connect");
-  }
-  server.reset(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
-  if (!server) return ErrnoStatus(errno, "loopback accept");
-  return absl::OkStatus();
-}
-
 absl::Status ProbeCipher(KtlsCipher cipher) {
   UniqueFd a, b;
-  RETURN_IF_ERROR(LoopbackPair(a, b));
+  RETURN_IF_ERROR(internal::LoopbackPair(a, b));
   KtlsKeys keys;
   keys.cipher = cipher;
   keys.key.assign(ParamsOf(cipher).key_length, 0x42);
@@ -155,7 +134,7 @@ absl::Status ProbeCipher(KtlsCipher cipher) {
 // Installs AES-128-GCM keys, then tries to replace them in both directions.
 absl::Status ProbeRekey() {
   UniqueFd a, b;
-  RETURN_IF_ERROR(LoopbackPair(a, b));
+  RETURN_IF_ERROR(internal::LoopbackPair(a, b));
   KtlsKeys keys;
   keys.cipher = KtlsCipher::kAes128Gcm;
   keys.key.assign(ParamsOf(keys.cipher).key_length, 0x42);
@@ -313,5 +292,30 @@ ssize_t KtlsSendCloseNotify(int fd) {
   static constexpr uint8_t kCloseNotify[] = {1, 0};
   return KtlsSendRecord(fd, kRecordAlert, kCloseNotify);
 }
+
+namespace internal {
+
+absl::Status LoopbackPair(UniqueFd& client, UniqueFd& server) {
+  UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!listener) return ErrnoStatus(errno, "socket");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::listen(listener.get(), 1) != 0 ||
+      ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    return ErrnoStatus(errno, "loopback listener");
+  }
+  client.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!client || ::connect(client.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return ErrnoStatus(errno, "loopback connect");
+  }
+  server.reset(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  if (!server) return ErrnoStatus(errno, "loopback accept");
+  return absl::OkStatus();
+}
+
+}  // namespace internal
 
 }  // namespace meshtls::tls

@@ -1,7 +1,6 @@
 #include "meshtls/tls/ktls_selftest.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
+#include <fcntl.h>
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -20,6 +19,7 @@
 #include "meshtls/common/status.h"
 #include "meshtls/common/strings.h"
 #include "meshtls/common/unique_fd.h"
+#include "loopback_pair.h"
 
 namespace meshtls::tls {
 namespace {
@@ -93,27 +93,6 @@ absl::StatusOr<SslCtxPtr> MakeContext(bool server, KtlsCipher cipher) {
   return ctx;
 }
 
-absl::Status LoopbackPair(UniqueFd& client, UniqueFd& server) {
-  UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!listener) return ErrnoStatus(errno, "socket");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(listener.get(), 1) != 0 ||
-      ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    return ErrnoStatus(errno, "loopback listener");
-  }
-  client.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!client) return ErrnoStatus(errno, "socket");
-  if (::connect(client.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 && errno != EINPROGRESS) {
-    return ErrnoStatus(errno, "loopback connect");
-  }
-  server.reset(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-  if (!server) return ErrnoStatus(errno, "loopback accept");
-  return absl::OkStatus();
-}
-
 bool WaitReadable(int fd, Clock::time_point deadline) {
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
   if (left <= 0) return false;
@@ -163,7 +142,9 @@ absl::Status CheckCipher(KtlsCipher cipher, const KtlsSelfTestOptions& options) 
   ASSIGN_OR_RETURN(SslCtxPtr client_ctx, MakeContext(false, cipher));
   ASSIGN_OR_RETURN(SslCtxPtr server_ctx, MakeContext(true, cipher));
   UniqueFd kernel_fd, openssl_fd;
-  RETURN_IF_ERROR(LoopbackPair(kernel_fd, openssl_fd));
+  RETURN_IF_ERROR(internal::LoopbackPair(kernel_fd, openssl_fd));
+  // Both ends are driven from this one thread.
+  for (int fd : {kernel_fd.get(), openssl_fd.get()}) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
   Secrets secrets;
   SslPtr client(SSL_new(client_ctx.get()));
   SslPtr server(SSL_new(server_ctx.get()));
