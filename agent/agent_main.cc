@@ -52,11 +52,14 @@ sigset_t HandledSignals() {
   return set;
 }
 
-// The TLS 1.3 suites whose kTLS passed the self-test, in the default preference order.
+// The TLS 1.3 suites whose kTLS passed the self-test. ChaCha20-Poly1305 first: the kTLS relay
+// cannot replace a key (no KeyUpdate through kTLS yet), and ChaCha20 has no practical record
+// limit, while an AES-GCM kTLS connection must end at recordsPerKey (key_limit). The server's
+// order decides (SSL_OP_CIPHER_SERVER_PREFERENCE).
 std::vector<std::string> KtlsCipherSuites(const tls::KtlsSupport& ktls) {
   std::vector<std::string> suites;
   suites.reserve(3);
-  for (tls::KtlsCipher cipher : {tls::KtlsCipher::kAes128Gcm, tls::KtlsCipher::kAes256Gcm, tls::KtlsCipher::kChacha20Poly1305}) {
+  for (tls::KtlsCipher cipher : {tls::KtlsCipher::kChacha20Poly1305, tls::KtlsCipher::kAes128Gcm, tls::KtlsCipher::kAes256Gcm}) {
     if (ktls.Supports(cipher)) suites.push_back(std::string(tls::KtlsCipherName(cipher)));
   }
   return suites;

@@ -349,6 +349,7 @@ const SpiffeId kRelayServerId = *SpiffeId::Parse("spiffe://cluster.local/ns/defa
 std::shared_ptr<const TlsContext> ContextWithSuites(const std::string& name, const std::string& suites) {
   TlsContextOptions options = meshtls::testing::Credentials(name);
   options.cipher_suites = {suites};
+  options.export_traffic_secrets = true;  // for the kTLS datapath
   auto ctx = TlsContext::Create(options);
   EXPECT_TRUE(ctx.ok()) << ctx.status();
   return *ctx;
@@ -460,11 +461,18 @@ TEST(KeyLifetimeTest, RecordCountsMatchThePeersCount) {
 }
 
 // A peer that said it cannot follow a KeyUpdate (a kTLS end on a kernel that cannot rekey) never
-// gets one: an AES-GCM connection is closed at the limit with key_limit, every byte before it
-// intact; ChaCha20-Poly1305 (no practical limit) keeps flowing.
-TEST(KeyLifetimeTest, APeerThatCannotFollowGetsAKeyLimitCloseOnAesGcm) {
+// gets one, and a kTLS relay cannot send one: an AES-GCM connection is closed at the limit with
+// key_limit, every byte before it intact; ChaCha20-Poly1305 (no practical limit) keeps flowing.
+class KeyLimitTest : public ::testing::TestWithParam<Datapath> {
+ protected:
+  void SetUp() override {
+    if (!meshtls::testing::RequireDatapath(GetParam())) GTEST_SKIP() << "kTLS unavailable on this kernel (see stderr)";
+  }
+};
+
+TEST_P(KeyLimitTest, AesGcmClosesAtTheLimitWhenTheKeyCannotBeReplaced) {
   LoopThread loop;
-  RelayPair pair = meshtls::testing::StartRelayPair(loop, loop, Datapath::kUserspaceTls,
+  RelayPair pair = meshtls::testing::StartRelayPair(loop, loop, GetParam(),
                                                     ContextWithSuites("client", "TLS_AES_128_GCM_SHA256"),
                                                     meshtls::testing::Context("server"), kRelayServerId,
                                                     KeyOptions(1000, false), KeyOptions(1000, false));
@@ -499,9 +507,9 @@ TEST(KeyLifetimeTest, APeerThatCannotFollowGetsAKeyLimitCloseOnAesGcm) {
   EXPECT_EQ(error, ECONNRESET) << "the app sees a reset, not a clean end";
 }
 
-TEST(KeyLifetimeTest, ChaChaHasNoRecordLimitEvenWhenThePeerCannotFollow) {
+TEST_P(KeyLimitTest, ChaChaHasNoRecordLimit) {
   LoopThread loop;
-  RelayPair pair = meshtls::testing::StartRelayPair(loop, loop, Datapath::kUserspaceTls,
+  RelayPair pair = meshtls::testing::StartRelayPair(loop, loop, GetParam(),
                                                     ContextWithSuites("client", "TLS_CHACHA20_POLY1305_SHA256"),
                                                     meshtls::testing::Context("server"), kRelayServerId,
                                                     KeyOptions(1000, false), KeyOptions(1000, false));
@@ -519,6 +527,11 @@ TEST(KeyLifetimeTest, ChaChaHasNoRecordLimitEvenWhenThePeerCannotFollow) {
   EXPECT_GT(client.key_usage.tx_records, 1000u);
   EXPECT_EQ(client.key_usage.tx_generation, 0u);
 }
+
+INSTANTIATE_TEST_SUITE_P(Datapaths, KeyLimitTest, ::testing::Values(Datapath::kUserspaceTls, Datapath::kKtlsSplice),
+                         [](const auto& param_info) {
+                           return std::string(param_info.param == Datapath::kKtlsSplice ? "KtlsSplice" : "UserspaceTls");
+                         });
 
 // A peer sending KeyUpdates as fast as it can is cut off within its budget; a connection next to
 // it on the same loop is unaffected.

@@ -288,6 +288,34 @@ ssize_t KtlsSendRecord(int fd, uint8_t record_type, std::span<const uint8_t> pay
   return ::sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
+absl::StatusOr<uint64_t> KtlsRecordSequence(int fd, KtlsCipher cipher, bool tx) {
+  auto read = [&](auto& info) -> absl::StatusOr<uint64_t> {
+    socklen_t length = sizeof(info);
+    const int rc = ::getsockopt(fd, SOL_TLS, tx ? TLS_TX : TLS_RX, &info, &length);
+    const int saved = errno;
+    uint64_t sequence = 0;
+    for (unsigned char byte : info.rec_seq) sequence = (sequence << 8) | byte;
+    OPENSSL_cleanse(&info, sizeof(info));  // it holds the key too
+    if (rc != 0) return ErrnoStatus(saved, tx ? "getsockopt(TLS_TX)" : "getsockopt(TLS_RX)");
+    return sequence;
+  };
+  switch (cipher) {
+    case KtlsCipher::kAes128Gcm: {
+      tls12_crypto_info_aes_gcm_128 info{};
+      return read(info);
+    }
+    case KtlsCipher::kAes256Gcm: {
+      tls12_crypto_info_aes_gcm_256 info{};
+      return read(info);
+    }
+    case KtlsCipher::kChacha20Poly1305: {
+      tls12_crypto_info_chacha20_poly1305 info{};
+      return read(info);
+    }
+  }
+  return absl::InvalidArgumentError("unknown kTLS cipher");
+}
+
 ssize_t KtlsSendCloseNotify(int fd) {
   static constexpr uint8_t kCloseNotify[] = {1, 0};
   return KtlsSendRecord(fd, kRecordAlert, kCloseNotify);

@@ -159,6 +159,7 @@ void Relay::Finish(FailureReason reason, std::string detail) {
   if (closed_) return;
   closed_ = true;
   auto keep_alive = shared_from_this();  // the watches may hold the last references
+  const KeyUsage final_key_usage = key_usage();  // while the socket is still open
   if (registered_) {
     loop_.Remove(plaintext_.get());
     loop_.Remove(tunnel_->fd());
@@ -177,7 +178,7 @@ void Relay::Finish(FailureReason reason, std::string detail) {
   result.reason = reason;
   result.detail = std::move(detail);
   result.stats = stats_;
-  result.key_usage = key_usage_;
+  result.key_usage = final_key_usage;
   result.duration =
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started_);
   if (failed) {

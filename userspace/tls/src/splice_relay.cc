@@ -68,6 +68,12 @@ class SpliceRelay final : public Relay {
 
  private:
   absl::Status Init(const RelayOptions& options) override {
+    lifetime_ = options.key_lifetime;
+    ASSIGN_OR_RETURN(cipher_, KtlsCipherFromIana(tunnel_->cipher_iana_id()));
+    // A kTLS socket cannot send a KeyUpdate here, so an AES-GCM key ends with the connection at
+    // its limit. The pipe can hold this many records, which one splice() may send at once.
+    key_has_limit_ = cipher_ != KtlsCipher::kChacha20Poly1305;
+    records_per_splice_ = options.pipe_size / (16 * 1024) + 2;
     ASSIGN_OR_RETURN(up_, MakePipe(options.pipe_size));
     if (options.plaintext_read_with_recv) up_copy_.resize(256 * 1024);
     ASSIGN_OR_RETURN(down_, MakePipe(options.pipe_size));
@@ -105,6 +111,7 @@ class SpliceRelay final : public Relay {
     }
     if (!tunnel_writable_) return true;
     if (up_copy_fill_ > 0) {
+      if (!CheckKeyLimit()) return false;
       const ssize_t n = ::send(tunnel_fd(), up_copy_.data() + up_copy_offset_, up_copy_fill_,
                                MSG_DONTWAIT | MSG_NOSIGNAL);
       if (n > 0) {
@@ -120,6 +127,36 @@ class SpliceRelay final : public Relay {
       return true;
     }
     return up_eof_ ? CloseUp(progress) : true;
+  }
+
+  KeyUsage key_usage() const override {
+    KeyUsage usage = key_usage_;
+    if (auto sent = KtlsRecordSequence(tunnel_fd(), cipher_, true); sent.ok()) usage.tx_records = *sent;
+    if (auto received = KtlsRecordSequence(tunnel_fd(), cipher_, false); received.ok()) usage.rx_records = *received;
+    return usage;
+  }
+
+  // Before a send that could take an AES-GCM key past its limit, the connection ends with
+  // key_limit instead. Each send adds at most records_per_splice_ records, so the kernel's exact
+  // count (its record sequence) is asked for only as the limit comes near.
+  bool CheckKeyLimit() {
+    if (!key_has_limit_) return true;
+    const uint64_t limit = lifetime_.max_records_per_key;
+    if (tx_records_bound_ + 2 * records_per_splice_ + 8 < limit) {
+      tx_records_bound_ += records_per_splice_;
+      return true;
+    }
+    absl::StatusOr<uint64_t> sent = KtlsRecordSequence(tunnel_fd(), cipher_, true);
+    if (sent.ok() && *sent + records_per_splice_ + 8 < limit) {
+      tx_records_bound_ = *sent + records_per_splice_;
+      return true;
+    }
+    GlobalKeyUpdateCounters().key_limit_closes++;
+    Finish(FailureReason::kKeyLimit,
+           sent.ok() ? StrCat("the sending key protected ", *sent, " records (limit ", limit,
+                              "); this kernel's kTLS cannot replace a key")
+                     : StrCat("the record count is unknown (", sent.status().message(), ") near the limit ", limit));
+    return false;
   }
 
   bool CloseUp(bool& progress) {
@@ -158,6 +195,7 @@ class SpliceRelay final : public Relay {
     }
     if (!tunnel_writable_) return true;
     if (up_.fill > 0) {
+      if (!CheckKeyLimit()) return false;
       const ssize_t n =
           ::splice(up_.read_end.get(), nullptr, tunnel_fd(), nullptr, up_.fill, kSpliceFlags);
       if (n > 0) {
@@ -286,6 +324,11 @@ class SpliceRelay final : public Relay {
     }
   }
 
+  KeyLifetimeOptions lifetime_;
+  KtlsCipher cipher_ = KtlsCipher::kAes128Gcm;
+  bool key_has_limit_ = true;
+  uint64_t records_per_splice_ = 66;
+  uint64_t tx_records_bound_ = 0;  // at least the records sent so far under the key
   Pipe up_;
   Pipe down_;
   std::vector<uint8_t> up_copy_;  // recv() mode only

@@ -73,4 +73,8 @@ ssize_t KtlsSendRecord(int fd, uint8_t record_type, std::span<const uint8_t> pay
 // Sends close_notify (alert level warning(1), description close_notify(0)).
 ssize_t KtlsSendCloseNotify(int fd);
 
+// The record sequence number the kernel will use next in direction TLS_TX or TLS_RX, i.e. the
+// records protected so far under the current key (getsockopt(SOL_TLS) reports it).
+absl::StatusOr<uint64_t> KtlsRecordSequence(int fd, KtlsCipher cipher, bool tx);
+
 }  // namespace meshtls::tls

@@ -106,8 +106,9 @@ class Relay : public std::enable_shared_from_this<Relay> {
 
   Datapath datapath() const { return datapath_; }
   const RelayStats& stats() const { return stats_; }
-  // Loop thread only (the status API reads it there, like the live connection table).
-  const KeyUsage& key_usage() const { return key_usage_; }
+  // Loop thread only (the status API reads it there, like the live connection table). The kTLS
+  // relay asks the kernel for its record counts.
+  virtual KeyUsage key_usage() const { return key_usage_; }
   const TlsSession& tunnel() const { return *tunnel_; }
   bool closed() const { return closed_; }
 
