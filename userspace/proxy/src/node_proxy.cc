@@ -104,17 +104,16 @@ absl::StatusOr<UniqueFd> ConnectFrom(const std::string& netns, const IpAddress& 
 
 std::string Principal(const SpiffeId& id) { return StrCat(id.trust_domain(), id.path()); }
 
-// The mode the BPF programs see. For inbound capture (sk_lookup), a DISABLE pod that some
-// AuthorizationPolicy selects is captured like a PERMISSIVE one: DISABLE turns mTLS off, not
-// authorization, and only the agent can enforce the policy on its plaintext. Outbound steering
-// keeps DISABLE (the pod's own connections stay outside the mesh).
-enum class BpfHook { kCapture, kSteering };
-uint8_t BpfMode(const policy::PolicySet& policies, const policy::PolicyTarget& target, BpfHook hook) {
+// The modes the BPF programs see, from one Describe(). For inbound capture (sk_lookup), a DISABLE
+// pod that some AuthorizationPolicy selects is captured like a PERMISSIVE one: DISABLE turns mTLS
+// off, not authorization, and only the agent can enforce the policy on its plaintext. Outbound
+// steering keeps DISABLE (the pod's own connections stay outside the mesh).
+struct BpfModes {
+  uint8_t steering;
+  uint8_t capture;
+};
+BpfModes BpfModesFor(const policy::PolicySet& policies, const policy::PolicyTarget& target) {
   const policy::PolicySet::Effective effective = policies.Describe(target);
-  if (hook == BpfHook::kCapture && !effective.authorization_policies.empty()) {
-    const uint8_t mode = BpfMode(policies, target, BpfHook::kSteering);
-    return mode == MESHTLS_MODE_DISABLE ? static_cast<uint8_t>(MESHTLS_MODE_PERMISSIVE) : mode;
-  }
   bool strict = effective.mode == policy::MtlsMode::kStrict;
   bool permissive = effective.mode == policy::MtlsMode::kPermissive;
   for (const auto& [port, mode] : effective.port_modes) {
@@ -122,8 +121,10 @@ uint8_t BpfMode(const policy::PolicySet& policies, const policy::PolicyTarget& t
     permissive |= mode == policy::MtlsMode::kPermissive;
   }
   // STRICT anywhere makes the whole pod fail closed while the agent is away.
-  if (strict) return MESHTLS_MODE_STRICT;
-  return permissive ? MESHTLS_MODE_PERMISSIVE : MESHTLS_MODE_DISABLE;
+  const uint8_t steering = strict ? MESHTLS_MODE_STRICT : permissive ? MESHTLS_MODE_PERMISSIVE : MESHTLS_MODE_DISABLE;
+  const bool authorized = !effective.authorization_policies.empty();
+  return {steering, steering == MESHTLS_MODE_DISABLE && authorized ? static_cast<uint8_t>(MESHTLS_MODE_PERMISSIVE)
+                                                                   : steering};
 }
 
 }  // namespace
@@ -753,8 +754,9 @@ struct NodeProxy::Impl {
     }  // a pod netns without IPv6 simply has no [::1] listener; connect6 to the mesh then fails closed
     ASSIGN_OR_RETURN(pod->capture, Listen(w.netns_path, *IpAddress::Parse("0.0.0.0"), options.ports.inbound_capture));
     ASSIGN_OR_RETURN(pod->tunnel, Listen(w.netns_path, *IpAddress::Parse("0.0.0.0"), options.ports.tunnel));
-    const meshtls_workload value{pod->index, BpfMode(policies, pod->target, BpfHook::kSteering), {}};
-    const meshtls_workload capture_value{pod->index, BpfMode(policies, pod->target, BpfHook::kCapture), {}};
+    const BpfModes modes = BpfModesFor(policies, pod->target);
+    const meshtls_workload value{pod->index, modes.steering, {}};
+    const meshtls_workload capture_value{pod->index, modes.capture, {}};
     if (deps.capture != nullptr) {
       RETURN_IF_ERROR(deps.capture->AttachToNetns(w.netns_path));
       for (const IpAddress& ip : w.ips) {
@@ -873,8 +875,9 @@ void NodeProxy::OnPolicyChange() {
   Impl& impl = *impl_;
   auto policies = impl.deps.policies->Current();
   for (const auto& [uid, pod] : impl.pods) {
-    const meshtls_workload value{pod->index, BpfMode(*policies, pod->target, BpfHook::kSteering), {}};
-    const meshtls_workload capture_value{pod->index, BpfMode(*policies, pod->target, BpfHook::kCapture), {}};
+    const BpfModes modes = BpfModesFor(*policies, pod->target);
+    const meshtls_workload value{pod->index, modes.steering, {}};
+    const meshtls_workload capture_value{pod->index, modes.capture, {}};
     if (impl.deps.capture != nullptr) {
       for (const IpAddress& ip : pod->workload.ips) {
         if (ip.is_v4()) (void)impl.deps.capture->SetPod(ip.v4(), capture_value);

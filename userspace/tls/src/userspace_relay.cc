@@ -12,6 +12,7 @@
 #include "meshtls/common/strings.h"
 #include "meshtls/common/openssl.h"
 #include "meshtls/common/token_bucket.h"
+#include "meshtls/tls/ktls.h"
 #include "meshtls/tls/relay.h"
 
 namespace meshtls::tls {
@@ -73,7 +74,8 @@ class UserspaceRelay final : public Relay {
     lifetime_ = options.key_lifetime;
     peer_follows_key_update_ = options.peer_follows_key_update;
     // ChaCha20-Poly1305 has no practical record limit (RFC 8446 §5.5 names only AES-GCM's).
-    key_has_limit_ = tunnel_->cipher_iana_id() != 0x1303;
+    key_has_limit_ = KtlsCipherFromIana(tunnel_->cipher_iana_id()).value_or(KtlsCipher::kAes128Gcm) !=
+                     KtlsCipher::kChacha20Poly1305;
     if (lifetime_.max_records_per_key == 0) return absl::InvalidArgumentError("max_records_per_key must be at least 1");
     peer_updates_.emplace(lifetime_.peer_key_updates_per_second, lifetime_.peer_key_update_burst);
     // Every record header and handshake message from here on passes through OnMessage: the
