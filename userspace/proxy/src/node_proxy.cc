@@ -246,13 +246,18 @@ struct NodeProxy::Impl {
   std::map<const EventLoop*, std::map<uint64_t, Live>> live;  // keys fixed at Create()
   std::atomic<uint64_t> next_connection_id{1};
 
-  uint64_t Opened(EventLoop& loop, const ConnectionRecord& record, Live entry) {
+  // Counted before the relay starts: a relay can finish inside Start(), and its end is then
+  // logged as an opened connection, so the open must already be on the books.
+  void CountOpened(const ConnectionRecord& record) {
+    if (deps.observer != nullptr) deps.observer->OnOpened(record);
+  }
+
+  uint64_t Track(EventLoop& loop, const ConnectionRecord& record, Live entry) {
     const uint64_t id = record.connection_id != 0 ? record.connection_id : next_connection_id++;
     entry.record = record;
     entry.record.connection_id = id;
     entry.started = Clock::now();
     live.at(&loop).emplace(id, std::move(entry));
-    if (deps.observer != nullptr) deps.observer->OnOpened(record);
     return id;
   }
 
@@ -434,6 +439,7 @@ struct NodeProxy::Impl {
     relay_options.plaintext_read_with_recv = options.local_leg_shortcut && record.direction == "outbound";
     const bool outbound = record.direction == "outbound";
     counters->active_connections++;
+    CountOpened(record);
     auto id = std::make_shared<uint64_t>(0);
     auto relay = tls::Relay::Start(
         loop, std::move(plain), std::move(session), options.datapath, relay_options,
@@ -453,14 +459,14 @@ struct NodeProxy::Impl {
       record.result = "error";
       record.reason = "internal";
       record.detail = std::string(relay.status().message());
-      Log(record);
+      Log(record, true);
       return;
     }
     if (!(*relay)->closed()) {
       Live entry;
       entry.ktls = options.datapath == tls::Datapath::kKtlsSplice;
       entry.relay = *relay;
-      *id = Opened(loop, record, std::move(entry));
+      *id = Track(loop, record, std::move(entry));
     }
     if (inbound_pod) {
       std::lock_guard<std::mutex> lock(mutex);
@@ -715,6 +721,7 @@ struct NodeProxy::Impl {
     }
     counters->passthrough++;
     counters->active_connections++;
+    CountOpened(record);
     auto id = std::make_shared<uint64_t>(0);
     auto relay = tls::PlainRelay::Start(loop, std::move(accepted), std::move(*app), {},
                                         [this, &loop, record, id](const tls::PlainRelayResult& result) mutable {
@@ -731,12 +738,16 @@ struct NodeProxy::Impl {
     if (!relay.ok()) {
       counters->active_connections--;
       spdlog::warn("passthrough relay: {}", relay.status().message());
+      record.result = "error";
+      record.reason = "internal";
+      record.detail = std::string(relay.status().message());
+      Log(record, true);
       return;
     }
     if (!(*relay)->closed()) {
       Live entry;
       entry.plain = *relay;
-      *id = Opened(loop, record, std::move(entry));
+      *id = Track(loop, record, std::move(entry));
     }
   }
 
