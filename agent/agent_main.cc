@@ -143,6 +143,7 @@ class Agent {
     proxy_options.trust_domain = config_.trust_domain;
     proxy_options.ports = {config_.ports.outbound, config_.ports.inbound_capture, config_.ports.tunnel};
     proxy_options.datapath = datapath_;
+    proxy_options.ktls_rekey = datapath_ == tls::Datapath::kKtlsSplice && ktls_.rekey;
     proxy_options.local_leg_shortcut = shortcut_ != nullptr;
     proxy_options.handshake_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(config_.handshake_timeout);
     proxy_options.max_pending_handshakes = config_.max_pending_handshakes;
@@ -201,17 +202,26 @@ class Agent {
       const char* fault_env = std::getenv("MESHTLS_KTLS_SELFTEST_FAULT");
       const std::string fault = fault_env != nullptr ? fault_env : "";
       if (!fault.empty()) {
-        if (fault != "wrong_tx_key") {
-          return absl::InvalidArgumentError(StrCat("MESHTLS_KTLS_SELFTEST_FAULT='", fault, "': the only fault is wrong_tx_key"));
+        if (fault != "wrong_tx_key" && fault != "wrong_rekey") {
+          return absl::InvalidArgumentError(StrCat("MESHTLS_KTLS_SELFTEST_FAULT='", fault,
+                                                   "': the faults are wrong_tx_key and wrong_rekey"));
         }
-        spdlog::warn("MESHTLS_KTLS_SELFTEST_FAULT=wrong_tx_key: the kTLS self-test gets a wrong key on purpose (tests only)");
-        self_test_options.corrupt_tx_key = true;
+        spdlog::warn("MESHTLS_KTLS_SELFTEST_FAULT={}: the kTLS self-test gets a wrong key on purpose (tests only)", fault);
+        self_test_options.corrupt_tx_key = fault == "wrong_tx_key";
+        self_test_options.corrupt_rekey = fault == "wrong_rekey";
       }
       ktls_self_test_ = tls::RunKtlsSelfTest(ktls_, self_test_options);
       ktls_.aes128gcm = ktls_self_test_.Passed(tls::KtlsCipher::kAes128Gcm);
       ktls_.aes256gcm = ktls_self_test_.Passed(tls::KtlsCipher::kAes256Gcm);
       ktls_.chacha20poly1305 = ktls_self_test_.Passed(tls::KtlsCipher::kChacha20Poly1305);
       ktls_.available = ktls_self_test_.any_passed();
+      if (ktls_.rekey && !ktls_self_test_.RekeyPassed()) {
+        ktls_.rekey = false;
+        ktls_.rekey_detail = StrCat("kTLS rekeying disabled: the start-up self-test failed (", ktls_self_test_.Summary(), ")");
+        spdlog::error("{}; kTLS connections will not send or follow KeyUpdates", ktls_.rekey_detail);
+      } else if (ktls_.rekey) {
+        StrAppend(&ktls_.rekey_detail, "; KeyUpdate proven both ways by the start-up self-test");
+      }
       StrAppend(&ktls_.detail, "; start-up self-test: ", ktls_self_test_.Summary());
       if (ktls_.available) {
         spdlog::info("kTLS self-test: {}", ktls_self_test_.Summary());

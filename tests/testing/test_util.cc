@@ -299,4 +299,23 @@ bool RequireDatapath(tls::Datapath datapath) {
   return false;
 }
 
+bool KernelCanRekeyKtls() {
+  static const tls::KtlsSupport support = tls::ProbeKtls();
+  return support.available && support.rekey;
+}
+
+bool RequireKtlsRekey() {
+  if (!RequireDatapath(tls::Datapath::kKtlsSplice)) return false;
+  if (KernelCanRekeyKtls()) return true;
+  const tls::KtlsSupport support = tls::ProbeKtls();
+  const char* required = std::getenv("MESHTLS_REQUIRE_KTLS_REKEY");
+  if (required != nullptr && std::string_view(required) == "1") {
+    ADD_FAILURE() << "MESHTLS_REQUIRE_KTLS_REKEY=1 but " << support.rekey_detail;
+    return false;
+  }
+  std::cerr << "\n*** SKIPPING kTLS KeyUpdate on this kernel: " << support.rekey_detail
+            << "\n*** It runs in the VM harness on the newest kernel (vm.newest.ktls_rekey).\n";
+  return false;
+}
+
 }  // namespace meshtls::testing

@@ -120,5 +120,11 @@ RelayPair StartRelayPair(LoopThread& client_loop, LoopThread& server_loop, tls::
 // Skips (loudly) when the kernel lacks kTLS, unless MESHTLS_REQUIRE_KTLS=1 makes that a failure.
 // Returns false if the caller must return.
 bool RequireDatapath(tls::Datapath datapath);
+// kTLS rekeying (a second TLS_TX/TLS_RX): Debian's 6.1 and 6.12 lack it, 7.x has it. Skips loudly
+// where the kernel lacks it, unless MESHTLS_REQUIRE_KTLS_REKEY=1 (the newest-kernel VM run) makes
+// that a failure.
+bool RequireKtlsRekey();
+// Whether the running kernel can rekey kTLS (no skip, no failure).
+bool KernelCanRekeyKtls();
 
 }  // namespace meshtls::testing

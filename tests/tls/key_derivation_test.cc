@@ -93,6 +93,66 @@ TEST_P(KeyDerivationTest, DerivedKeysDecryptOpenSslRecordsBothWays) {
   EXPECT_EQ(Decrypt(*server_keys, 0, ReadRecord(out.client->fd())), "<authentication failed>");
 }
 
+// After OpenSSL's own KeyUpdate, the record carrying it decrypts under the old keys to a
+// KeyUpdate message that ParseKeyUpdate reads, and the next record decrypts only under the keys
+// of NextTrafficSecret() at sequence 0: the derivation the kTLS relay uses to follow and send
+// KeyUpdates, checked here without kTLS.
+TEST_P(KeyDerivationTest, NextTrafficSecretMatchesOpenSslKeyUpdate) {
+  auto server_opts = meshtls::testing::Credentials("server");
+  server_opts.cipher_suites = {GetParam()};
+  meshtls::testing::LoopThread loop;
+  SessionOptions client;
+  client.expected_peer = *SpiffeId::Parse("spiffe://cluster.local/ns/default/sa/server");
+  client.capture_traffic_secrets = true;
+  SessionOptions server;
+  auto out = meshtls::testing::Handshake(loop, Context("client"), *TlsContext::Create(server_opts),
+                                         client, server);
+  ASSERT_TRUE(out.client->handshake_done()) << out.client->failure_detail();
+  auto cipher = KtlsCipherFromIana(out.client->cipher_iana_id());
+  ASSERT_TRUE(cipher.ok());
+  TrafficSecrets secrets = out.client->TakeTrafficSecrets();
+  auto keys0 = DeriveKtlsKeys(*cipher, secrets.client);
+  auto next = NextTrafficSecret(*cipher, secrets.client);
+  ASSERT_TRUE(keys0.ok() && next.ok());
+  EXPECT_EQ(next->size(), secrets.client.size());
+  EXPECT_NE(*next, secrets.client);
+  auto keys1 = DeriveKtlsKeys(*cipher, *next);
+  ASSERT_TRUE(keys1.ok());
+
+  for (bool requested : {false, true}) {
+    SCOPED_TRACE(requested ? "update_requested" : "update_not_requested");
+    ASSERT_EQ(SSL_key_update(out.client->ssl(), requested ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED), 1);
+    const std::string marker = "after the update";
+    ASSERT_EQ(SSL_write(out.client->ssl(), marker.data(), static_cast<int>(marker.size())),
+              static_cast<int>(marker.size()));
+    // The KeyUpdate travels under the old key (here its first record, or the first after the
+    // previous update), as a handshake record (inner type 22).
+    const std::string update = Decrypt(*keys0, requested ? 1 : 0, ReadRecord(out.server->fd()));
+    ASSERT_EQ(update.size(), 6u) << update;
+    EXPECT_EQ(static_cast<uint8_t>(update.back()), kRecordHandshake);
+    auto parsed = ParseKeyUpdate(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(update.data()), 5));
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_EQ(*parsed, requested);
+    EXPECT_EQ(Decrypt(*keys1, 0, ReadRecord(out.server->fd())), marker + '\x17');
+    // Step both "generations" on for the second round.
+    keys0 = DeriveKtlsKeys(*cipher, *next);
+    next = NextTrafficSecret(*cipher, *next);
+    ASSERT_TRUE(next.ok());
+    keys1 = DeriveKtlsKeys(*cipher, *next);
+  }
+}
+
+TEST(ParseKeyUpdateTest, AcceptsOnlyAWellFormedKeyUpdate) {
+  auto parse = [](std::vector<uint8_t> bytes) { return ParseKeyUpdate(bytes); };
+  EXPECT_EQ(*parse({24, 0, 0, 1, 0}), false);
+  EXPECT_EQ(*parse({24, 0, 0, 1, 1}), true);
+  EXPECT_NE(parse({24, 0, 0, 1, 2}).status().message().find("undefined"), std::string::npos);
+  EXPECT_NE(parse({4, 0, 0, 1, 0}).status().message().find("not a KeyUpdate"), std::string::npos);  // NewSessionTicket
+  EXPECT_NE(parse({24, 0, 0, 2, 0, 0}).status().message().find("malformed"), std::string::npos);
+  EXPECT_NE(parse({24, 0, 0, 1, 0, 24, 0, 0, 1, 0}).status().message().find("malformed"), std::string::npos);
+  EXPECT_FALSE(parse({}).ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(Ciphers, KeyDerivationTest,
                          ::testing::Values("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
                                            "TLS_CHACHA20_POLY1305_SHA256"));

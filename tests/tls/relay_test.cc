@@ -534,17 +534,28 @@ INSTANTIATE_TEST_SUITE_P(Datapaths, KeyLimitTest, ::testing::Values(Datapath::kU
                          });
 
 // A peer sending KeyUpdates as fast as it can is cut off within its budget; a connection next to
-// it on the same loop is unaffected.
-TEST(KeyLifetimeTest, AKeyUpdateFloodIsCutOffAndOtherConnectionsFlow) {
+// it on the same loop is unaffected. kTLS needs a kernel that can follow a KeyUpdate at all (on
+// the others the first one ends the connection: PeerKeyUpdateTest).
+class KeyUpdateFloodTest : public ::testing::TestWithParam<Datapath> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == Datapath::kKtlsSplice && !meshtls::testing::RequireKtlsRekey()) {
+      GTEST_SKIP() << "kTLS cannot rekey on this kernel (see stderr)";
+    }
+  }
+};
+
+TEST_P(KeyUpdateFloodTest, AKeyUpdateFloodIsCutOffAndOtherConnectionsFlow) {
   // The flooding peer writes with SSL_write (plain write()) until the relay resets it.
   ::signal(SIGPIPE, SIG_IGN);
   LoopThread loop;
-  RelayPair bystander = meshtls::testing::StartRelayPair(loop, Datapath::kUserspaceTls);
+  RelayPair bystander = meshtls::testing::StartRelayPair(loop, GetParam());
   RelayOptions relay_options;
   relay_options.peer_follows_key_update = true;
+  relay_options.ktls_rekey = true;
   relay_options.key_lifetime.peer_key_updates_per_second = 1;
   relay_options.key_lifetime.peer_key_update_burst = 16;
-  RawClientRelay t = StartRelayAgainstRawClient(loop, Datapath::kUserspaceTls, relay_options);
+  RawClientRelay t = StartRelayAgainstRawClient(loop, GetParam(), relay_options);
   ASSERT_TRUE(t.peer);
   SslPtr& peer = t.peer;
   StreamDigest sent;
@@ -572,6 +583,165 @@ TEST(KeyLifetimeTest, AKeyUpdateFloodIsCutOffAndOtherConnectionsFlow) {
   EXPECT_EQ(Await(bystander.client_result).reason, FailureReason::kNone);
   EXPECT_EQ(Await(bystander.server_result).reason, FailureReason::kNone);
 }
+
+INSTANTIATE_TEST_SUITE_P(Datapaths, KeyUpdateFloodTest,
+                         ::testing::Values(Datapath::kUserspaceTls, Datapath::kKtlsSplice),
+                         [](const auto& param_info) {
+                           return std::string(param_info.param == Datapath::kKtlsSplice ? "KtlsSplice" : "UserspaceTls");
+                         });
+
+// ---- KeyUpdate through kTLS (kernels that can rekey: Debian's 7.x) ----
+
+RelayOptions KtlsKeyOptions(uint64_t records_per_key) {
+  RelayOptions options = KeyOptions(records_per_key, true);
+  options.ktls_rekey = true;
+  return options;
+}
+
+class KtlsKeyUpdateTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (!meshtls::testing::RequireKtlsRekey()) GTEST_SKIP() << "kTLS cannot rekey on this kernel (see stderr)";
+  }
+};
+
+// Two kTLS relays at 1,000 records per key: LargeStreamBytes() each way (1 GiB by default: ~65
+// key generations per direction), checksums intact, no key past its limit. Under TCG the crypto
+// is emulated (about 4 MB/s), so only AES-128-GCM carries the full stream; the other ciphers,
+// whose rekeying is the same code with another key length, carry at most 64 MiB.
+TEST_P(KtlsKeyUpdateTest, KeysAreUpdatedAtTheLimitBothWaysAndTheStreamsStayIntact) {
+  LoopThread client_loop, server_loop;
+  const uint64_t total =
+      GetParam() == "TLS_AES_128_GCM_SHA256" ? LargeStreamBytes() : std::min<uint64_t>(LargeStreamBytes(), 64 << 20);
+  RelayPair pair = meshtls::testing::StartRelayPair(client_loop, server_loop, Datapath::kKtlsSplice,
+                                                    ContextWithSuites("client", GetParam()),
+                                                    ContextWithSuites("server", GetParam()), kRelayServerId,
+                                                    KtlsKeyOptions(1000), KtlsKeyOptions(1000));
+  const auto global_sent = GlobalKeyUpdateCounters().sent.load();
+  StreamDigest up_sent, down_sent, up_got, down_got;
+  std::thread client_writer([&] { up_sent = WriteStream(pair.app_client.get(), total, 41, true); });
+  std::thread server_writer([&] { down_sent = WriteStream(pair.app_server.get(), total, 42, true); });
+  std::thread client_reader([&] { down_got = ReadStream(pair.app_client.get()); });
+  up_got = ReadStream(pair.app_server.get());
+  client_writer.join();
+  server_writer.join();
+  client_reader.join();
+  EXPECT_EQ(up_got.bytes, total);
+  EXPECT_EQ(up_got.sha256, up_sent.sha256);
+  EXPECT_EQ(down_got.bytes, total);
+  EXPECT_EQ(down_got.sha256, down_sent.sha256);
+  RelayResult client = Await(pair.client_result), server = Await(pair.server_result);
+  EXPECT_EQ(client.reason, FailureReason::kNone) << client.detail;
+  EXPECT_EQ(server.reason, FailureReason::kNone) << server.detail;
+  const uint64_t expected = total / (16 * 1024) / 1000 - 1;
+  if (total >= (1ULL << 30)) {
+    EXPECT_GE(expected, 50u);
+  }
+  std::cerr << "kTLS " << GetParam() << ": " << total << " bytes each way, key generations client tx "
+            << client.key_usage.tx_generation << " / server tx " << server.key_usage.tx_generation << "\n";
+  EXPECT_GE(client.key_usage.tx_generation, expected);
+  EXPECT_GE(server.key_usage.tx_generation, expected);
+  EXPECT_EQ(server.key_usage.rx_generation, client.key_usage.tx_generation);
+  EXPECT_EQ(client.key_usage.rx_generation, server.key_usage.tx_generation);
+  EXPECT_GE(GlobalKeyUpdateCounters().sent.load() - global_sent,
+            client.key_usage.tx_generation + server.key_usage.tx_generation);
+}
+
+INSTANTIATE_TEST_SUITE_P(Ciphers, KtlsKeyUpdateTest,
+                         ::testing::Values("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                                           "TLS_CHACHA20_POLY1305_SHA256"),
+                         [](const auto& param_info) {
+                           std::string name = param_info.param;
+                           std::erase(name, '_');
+                           return name;
+                         });
+
+// A plain OpenSSL peer sends KeyUpdates in the middle of a transfer, with and without
+// update_requested. Where the kernel can rekey, the kTLS relay follows (and answers a request
+// with its own KeyUpdate, which the peer sees); where it cannot, the connection ends with
+// peer_key_update_unsupported, every byte before the KeyUpdate delivered intact, never garbage.
+class PeerKeyUpdateTest : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    if (!meshtls::testing::RequireDatapath(Datapath::kKtlsSplice)) GTEST_SKIP() << "kTLS unavailable (see stderr)";
+  }
+};
+
+TEST_P(PeerKeyUpdateTest, KtlsRelayFollowsOrClosesByName) {
+  ::signal(SIGPIPE, SIG_IGN);
+  const bool request = GetParam();
+  const bool can_rekey = meshtls::testing::KernelCanRekeyKtls();
+  LoopThread loop;
+  // As the agent sets it: from the kernel probe.
+  RelayOptions relay_options = KtlsKeyOptions(1u << 23);
+  relay_options.ktls_rekey = can_rekey;
+  RawClientRelay t = StartRelayAgainstRawClient(loop, Datapath::kKtlsSplice, relay_options);
+  ASSERT_TRUE(t.peer);
+  SSL* peer = t.peer.get();
+  struct Seen {
+    int key_updates_received = 0;
+  } seen;
+  SSL_set_msg_callback(peer, [](int write_p, int, int content_type, const void* buf, size_t len, SSL*, void* arg) {
+    if (write_p == 0 && content_type == SSL3_RT_HANDSHAKE && len > 0 &&
+        static_cast<const uint8_t*>(buf)[0] == SSL3_MT_KEY_UPDATE) {
+      ++static_cast<Seen*>(arg)->key_updates_received;
+    }
+  });
+  SSL_set_msg_callback_arg(peer, &seen);
+  // Peer -> app: 4 MiB in 64 KiB writes, a KeyUpdate after every 16th write (3 in all).
+  constexpr int kWrites = 64;
+  constexpr int kUpdateEvery = 16;
+  StreamDigest got;
+  std::thread app_reader([&] { got = ReadStream(t.app.get()); });
+  ByteStream bytes(51);
+  Sha256 sent_sha, first_sha;
+  std::vector<uint8_t> chunk(64 * 1024);
+  uint64_t sent = 0, before_first_update = 0;
+  int updates = 0;
+  for (int i = 0; i < kWrites; ++i) {
+    if (i > 0 && i % kUpdateEvery == 0) {
+      if (updates == 0) before_first_update = sent;
+      ASSERT_EQ(SSL_key_update(peer, request ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED), 1);
+      ++updates;
+    }
+    bytes.Fill(chunk.data(), chunk.size());
+    if (SSL_write(peer, chunk.data(), static_cast<int>(chunk.size())) != static_cast<int>(chunk.size())) break;
+    sent_sha.Update(chunk.data(), chunk.size());
+    if (updates == 0) first_sha.Update(chunk.data(), chunk.size());
+    sent += chunk.size();
+  }
+  if (!can_rekey) {
+    // The kernel cannot install the next key: the relay ends the connection by name.
+    ASSERT_EQ(t.closed.wait_for(30s), std::future_status::ready);
+    const RelayResult r = t.closed.get();
+    app_reader.join();
+    EXPECT_EQ(FailureReasonName(r.reason), "peer_key_update_unsupported") << r.detail;
+    EXPECT_EQ(got.bytes, before_first_update) << "everything before the KeyUpdate, nothing after";
+    EXPECT_EQ(got.sha256, first_sha.Final());
+    return;
+  }
+  SSL_shutdown(peer);  // close_notify: the app sees EOF after the last byte
+  app_reader.join();
+  EXPECT_EQ(got.bytes, sent);
+  EXPECT_EQ(got.sha256, sent_sha.Final());
+  // App -> peer: the relay's own KeyUpdate (if asked) goes out before these bytes.
+  std::thread app_writer([&] { WriteStream(t.app.get(), 1 << 20, 52, true); });
+  std::vector<char> sink(1 << 16);
+  uint64_t received = 0;
+  for (int n; (n = SSL_read(peer, sink.data(), static_cast<int>(sink.size()))) > 0;) received += static_cast<uint64_t>(n);
+  app_writer.join();
+  EXPECT_EQ(received, 1u << 20);
+  ASSERT_EQ(t.closed.wait_for(30s), std::future_status::ready);
+  const RelayResult r = t.closed.get();
+  EXPECT_EQ(r.reason, FailureReason::kNone) << r.detail;
+  EXPECT_EQ(r.key_usage.rx_generation, static_cast<uint64_t>(updates));
+  // OpenSSL sends one KeyUpdate per SSL_key_update; asked each time, the relay answers each.
+  EXPECT_EQ(r.key_usage.tx_generation, request ? static_cast<uint64_t>(updates) : 0u);
+  EXPECT_EQ(seen.key_updates_received, request ? updates : 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(UpdateRequested, PeerKeyUpdateTest, ::testing::Bool(),
+                         [](const auto& param_info) { return param_info.param ? "Requested" : "NotRequested"; });
 
 }  // namespace
 }  // namespace meshtls::tls

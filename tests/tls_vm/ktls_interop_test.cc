@@ -192,7 +192,31 @@ TEST(KtlsSelfTestInVmTest, PassesForEveryCipherTheKernelTakes) {
   ASSERT_EQ(result.ciphers.size(), 3u) << result.Summary();
   for (const KtlsCipherSelfTest& cipher : result.ciphers) {
     EXPECT_TRUE(cipher.passed) << KtlsCipherName(cipher.cipher) << ": " << cipher.detail;
+    // The rekey stage runs exactly where the kernel can rekey, and passes there.
+    EXPECT_EQ(cipher.rekey_tested, support.rekey) << KtlsCipherName(cipher.cipher);
+    EXPECT_TRUE(!support.rekey || cipher.rekey_passed) << KtlsCipherName(cipher.cipher) << ": " << cipher.rekey_detail;
   }
+  EXPECT_EQ(result.RekeyPassed(), support.rekey) << result.Summary();
+}
+
+// A wrong key after the kTLS end's KeyUpdate is caught by the rekey stage for every cipher: kTLS
+// stays usable, rekeying does not.
+TEST(KtlsSelfTestInVmTest, AWrongKeyAfterAKeyUpdateIsCaught) {
+  if (!meshtls::testing::RequireKtlsRekey()) GTEST_SKIP() << "kTLS cannot rekey on this kernel (see stderr)";
+  KtlsSelfTestOptions options;
+  options.corrupt_rekey = true;
+  const KtlsSelfTestResult result = RunKtlsSelfTest(ProbeKtls(), options);
+  std::cerr << "kTLS self-test with a wrong rekey: " << result.Summary() << "\n";
+  EXPECT_TRUE(result.any_passed()) << result.Summary();
+  EXPECT_FALSE(result.RekeyPassed()) << result.Summary();
+  for (const KtlsCipherSelfTest& cipher : result.ciphers) {
+    EXPECT_TRUE(cipher.passed) << cipher.detail;
+    EXPECT_TRUE(cipher.rekey_tested);
+    EXPECT_FALSE(cipher.rekey_passed);
+    EXPECT_NE(cipher.rekey_detail.find("OpenSSL could not read what the kernel sent"), std::string::npos)
+        << cipher.rekey_detail;
+  }
+  EXPECT_NE(result.Summary().find("rekey FAILED"), std::string::npos);
 }
 
 // A kTLS end whose keys are wrong puts records on the wire that OpenSSL cannot read: the test

@@ -131,8 +131,10 @@ BpfModes BpfModesFor(const policy::PolicySet& policies, const policy::PolicyTarg
 
 // What this agent can do with a peer's KeyUpdate: OpenSSL follows one; the kTLS relay cannot
 // install new receive keys yet, so it must never be sent one.
-uint8_t LocalCapabilities(tls::Datapath datapath) {
-  return datapath == tls::Datapath::kUserspaceTls ? tunnel::kCapabilityFollowsKeyUpdate : 0;
+// OpenSSL always follows a KeyUpdate; kTLS only where the kernel can install the next key.
+uint8_t LocalCapabilities(const ProxyOptions& options) {
+  const bool follows = options.datapath == tls::Datapath::kUserspaceTls || options.ktls_rekey;
+  return follows ? tunnel::kCapabilityFollowsKeyUpdate : 0;
 }
 
 struct NodeProxy::Impl {
@@ -354,7 +356,7 @@ struct NodeProxy::Impl {
     preamble.destination = dst_ip;
     preamble.destination_port = dst_port;
     preamble.source_workload = pod->workload.uid();
-    preamble.capabilities = LocalCapabilities(options.datapath);
+    preamble.capabilities = LocalCapabilities(options);
     auto encoded = tunnel::EncodePreamble(preamble);
     if (!encoded.ok()) return refuse("internal", std::string(encoded.status().message()));
 
@@ -435,6 +437,7 @@ struct NodeProxy::Impl {
     tls::RelayOptions relay_options;
     relay_options.key_lifetime = options.key_lifetime;
     relay_options.peer_follows_key_update = peer_follows_key_update;
+    relay_options.ktls_rekey = options.ktls_rekey;
     relay_options.registry = deps.registry;
     relay_options.plaintext_read_with_recv = options.local_leg_shortcut && record.direction == "outbound";
     const bool outbound = record.direction == "outbound";
@@ -636,7 +639,7 @@ struct NodeProxy::Impl {
         return;
       }
       const tunnel::Response ok{tunnel::ResponseStatus::kOk,
-                                static_cast<tunnel::ReasonCode>(LocalCapabilities(options.datapath)), ""};
+                                static_cast<tunnel::ReasonCode>(LocalCapabilities(options)), ""};
       TunnelExchange::Start(loop, **box, tunnel::EncodeResponse(ok), 0, nullptr, deadline,
                             [this, &loop, pod, fd, box, record, source, peer_follows_key_update](absl::Status status,
                                                                                                   std::string) mutable {

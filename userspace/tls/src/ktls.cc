@@ -211,6 +211,7 @@ absl::Status SwitchToKtls(TlsSession& session) {
   // No tickets and no post-handshake messages, so both directions start at record 0.
   RETURN_IF_ERROR(InstallKtls(session.fd(), tx, 0, rx, 0));
   session.DetachSsl();
+  session.KeepTrafficSecrets(std::move(secrets));
   return absl::OkStatus();
 }
 
@@ -314,6 +315,36 @@ absl::StatusOr<uint64_t> KtlsRecordSequence(int fd, KtlsCipher cipher, bool tx) 
     }
   }
   return absl::InvalidArgumentError("unknown kTLS cipher");
+}
+
+absl::StatusOr<std::vector<uint8_t>> NextTrafficSecret(KtlsCipher cipher, std::span<const uint8_t> secret) {
+  if (secret.empty()) return absl::FailedPreconditionError("traffic secret is empty");
+  return ExpandLabel(ParamsOf(cipher).digest, secret, "traffic upd", secret.size());
+}
+
+absl::Status ReplaceKtlsKey(int fd, bool tx, KtlsCipher cipher, std::span<const uint8_t> secret) {
+  ASSIGN_OR_RETURN(KtlsKeys keys, DeriveKtlsKeys(cipher, secret));
+  return SetCryptoInfo(fd, tx ? TLS_TX : TLS_RX, keys, 0);
+}
+
+ssize_t KtlsSendKeyUpdate(int fd, bool request_peer_update) {
+  // msg_type key_update(24), a 3-byte length of 1, then KeyUpdateRequest.
+  const uint8_t message[] = {24, 0, 0, 1, static_cast<uint8_t>(request_peer_update ? 1 : 0)};
+  return KtlsSendRecord(fd, kRecordHandshake, message);
+}
+
+absl::StatusOr<bool> ParseKeyUpdate(std::span<const uint8_t> record) {
+  if (record.empty() || record[0] != 24) {
+    return absl::InvalidArgumentError(
+        StrCat("post-handshake message type ", record.empty() ? -1 : static_cast<int>(record[0]), " is not a KeyUpdate"));
+  }
+  // The kernel hands over one record; a KeyUpdate that shares it with another message, or is
+  // split over two, is legal TLS that no implementation sends, and is refused by name.
+  if (record.size() != 5 || record[1] != 0 || record[2] != 0 || record[3] != 1) {
+    return absl::InvalidArgumentError(StrCat("malformed KeyUpdate (", record.size(), " bytes in the record)"));
+  }
+  if (record[4] > 1) return absl::InvalidArgumentError(StrCat("KeyUpdate request value ", record[4], " is undefined"));
+  return record[4] == 1;
 }
 
 ssize_t KtlsSendCloseNotify(int fd) {

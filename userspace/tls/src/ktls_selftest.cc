@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <functional>
+#include <span>
 #include <string_view>
 
 #include "meshtls/common/openssl.h"
@@ -138,46 +140,24 @@ std::string RandomMarker() {
   return marker;
 }
 
-absl::Status CheckCipher(KtlsCipher cipher, const KtlsSelfTestOptions& options) {
-  ASSIGN_OR_RETURN(SslCtxPtr client_ctx, MakeContext(false, cipher));
-  ASSIGN_OR_RETURN(SslCtxPtr server_ctx, MakeContext(true, cipher));
-  UniqueFd kernel_fd, openssl_fd;
-  RETURN_IF_ERROR(internal::LoopbackPair(kernel_fd, openssl_fd));
-  // Both ends are driven from this one thread.
-  for (int fd : {kernel_fd.get(), openssl_fd.get()}) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
-  Secrets secrets;
-  SslPtr client(SSL_new(client_ctx.get()));
-  SslPtr server(SSL_new(server_ctx.get()));
-  if (!client || !server) return absl::ResourceExhaustedError("SSL_new");
-  SSL_set_app_data(client.get(), &secrets);
-  SSL_set_fd(client.get(), kernel_fd.get());
-  SSL_set_fd(server.get(), openssl_fd.get());
-  RETURN_IF_ERROR(Handshake(client.get(), server.get(), kernel_fd.get(), openssl_fd.get()));
-  if (secrets.client.empty() || secrets.server.empty()) return absl::InternalError("traffic secrets not captured");
-  if (SSL_has_pending(client.get()) != 0) return absl::InternalError("OpenSSL holds received bytes after the handshake");
-
-  // The kTLS end: the data path's derivation and installation.
-  ASSIGN_OR_RETURN(KtlsKeys tx, DeriveKtlsKeys(cipher, secrets.client));
-  ASSIGN_OR_RETURN(KtlsKeys rx, DeriveKtlsKeys(cipher, secrets.server));
-  if (options.corrupt_tx_key) tx.key[0] ^= 0x5a;
-  RETURN_IF_ERROR(InstallKtls(kernel_fd.get(), tx, 0, rx, 0));
-  client.reset();  // the kernel owns the record layer now
-
-  // kTLS -> wire -> OpenSSL.
+// The kTLS end sends `marker`, after `records_before` records of known size already sent (a
+// KeyUpdate). The raw bytes on the receiver's socket must be TLS 1.3 application_data records
+// only, without the marker; then OpenSSL must read the marker back.
+absl::Status KernelToOpenSsl(int kernel_fd, int openssl_fd, SSL* openssl, size_t bytes_before,
+                             Clock::time_point deadline) {
   const std::string marker = RandomMarker();
-  if (::send(kernel_fd.get(), marker.data(), marker.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(marker.size())) {
+  if (::send(kernel_fd, marker.data(), marker.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(marker.size())) {
     return ErrnoStatus(errno, "kTLS send");
   }
   // header (5) + marker + inner content type (1) + tag (16)
-  const size_t record = 5 + marker.size() + 1 + 16;
-  std::vector<uint8_t> wire(record + 64);
-  const auto deadline = Clock::now() + kTimeout;
+  const size_t wanted = bytes_before + 5 + marker.size() + 1 + 16;
+  std::vector<uint8_t> wire(wanted + 64);
   ssize_t seen = 0;
-  while (static_cast<size_t>(seen) < record) {
-    if (!WaitReadable(openssl_fd.get(), deadline)) {
-      return absl::DeadlineExceededError(StrCat("only ", seen, " of ", record, " record bytes reached the wire"));
+  while (static_cast<size_t>(seen) < wanted) {
+    if (!WaitReadable(openssl_fd, deadline)) {
+      return absl::DeadlineExceededError(StrCat("only ", seen, " of ", wanted, " record bytes reached the wire"));
     }
-    seen = ::recv(openssl_fd.get(), wire.data(), wire.size(), MSG_PEEK);
+    seen = ::recv(openssl_fd, wire.data(), wire.size(), MSG_PEEK);
     if (seen < 0 && errno != EAGAIN) return ErrnoStatus(errno, "raw read");
     seen = std::max<ssize_t>(seen, 0);
   }
@@ -185,35 +165,137 @@ absl::Status CheckCipher(KtlsCipher cipher, const KtlsSelfTestOptions& options) 
   if (raw.find(marker) != std::string_view::npos) {
     return absl::InternalError("the marker crossed the wire in plaintext");
   }
-  if (wire[0] != kRecordApplicationData || wire[1] != 0x03 || wire[2] != 0x03) {
-    return absl::InternalError(fmt::format("the wire does not start with a TLS 1.3 application_data record "
-                                           "(bytes {:02x} {:02x} {:02x})", wire[0], wire[1], wire[2]));
+  // Walk the record headers: every record is an opaque application_data record (TLS 1.3 hides
+  // the real type, a KeyUpdate included).
+  for (size_t at = 0; at + 5 <= static_cast<size_t>(seen);) {
+    if (wire[at] != kRecordApplicationData || wire[at + 1] != 0x03 || wire[at + 2] != 0x03) {
+      return absl::InternalError(fmt::format("the wire carries something other than TLS 1.3 application_data "
+                                             "records (bytes {:02x} {:02x} {:02x} at offset {})",
+                                             wire[at], wire[at + 1], wire[at + 2], at));
+    }
+    at += 5 + ((size_t{wire[at + 3]} << 8) | wire[at + 4]);
   }
   std::string got(marker.size(), '\0');
-  const int n = SSL_read(server.get(), got.data(), static_cast<int>(got.size()));
+  const int n = SSL_read(openssl, got.data(), static_cast<int>(got.size()));
   if (n != static_cast<int>(marker.size()) || got != marker) {
     return absl::InternalError(StrCat("OpenSSL could not read what the kernel sent: ",
                                       n <= 0 ? DrainOpenSslErrors() : std::string("wrong bytes")));
   }
+  return absl::OkStatus();
+}
 
-  // OpenSSL -> wire -> kTLS.
+// OpenSSL sends a marker; the kTLS end must read it back as application data. A KeyUpdate that
+// arrives first is handed to `on_key_update` (the rekey stage), which installs the next key.
+absl::Status OpenSslToKernel(int kernel_fd, SSL* openssl, Clock::time_point deadline,
+                             const std::function<absl::Status(std::span<const uint8_t>)>& on_key_update) {
   const std::string reply = RandomMarker();
-  if (SSL_write(server.get(), reply.data(), static_cast<int>(reply.size())) != static_cast<int>(reply.size())) {
+  if (SSL_write(openssl, reply.data(), static_cast<int>(reply.size())) != static_cast<int>(reply.size())) {
     return absl::InternalError(StrCat("OpenSSL write: ", DrainOpenSslErrors()));
   }
   std::string received(reply.size() + 16, '\0');
   size_t have = 0;
   while (have < reply.size()) {
-    if (!WaitReadable(kernel_fd.get(), deadline)) return absl::DeadlineExceededError("kTLS end received nothing");
+    if (!WaitReadable(kernel_fd, deadline)) return absl::DeadlineExceededError("kTLS end received nothing");
     uint8_t type = 0;
-    const ssize_t r = KtlsReceive(kernel_fd.get(), received.data() + have, received.size() - have, &type);
+    const ssize_t r = KtlsReceive(kernel_fd, received.data() + have, received.size() - have, &type);
     if (r < 0 && errno == EAGAIN) continue;
     if (r <= 0) return ErrnoStatus(r < 0 ? errno : ECONNRESET, "kTLS receive");
+    if (type == kRecordHandshake && on_key_update) {
+      RETURN_IF_ERROR(on_key_update(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(received.data()) + have,
+                                                             static_cast<size_t>(r))));
+      continue;
+    }
     if (type != kRecordApplicationData) return absl::InternalError(StrCat("kTLS end got record type ", type));
     have += static_cast<size_t>(r);
   }
   if (received.substr(0, have) != reply) return absl::InternalError("the kTLS end decrypted wrong bytes");
   return absl::OkStatus();
+}
+
+// KeyUpdate both ways on the established kTLS session, as the splice relay does it: the kTLS end
+// sends a KeyUpdate and installs its next sending key; OpenSSL then sends its own with
+// update_requested, which the kTLS end follows (next receiving key) and answers (next sending
+// key again). Markers cross after each change, with the same wire check.
+absl::Status CheckRekey(KtlsCipher cipher, int kernel_fd, int openssl_fd, SSL* openssl, Secrets& secrets,
+                        const KtlsSelfTestOptions& options, Clock::time_point deadline) {
+  auto advance = [&](bool tx, bool corrupt) -> absl::Status {
+    std::vector<uint8_t>& secret = tx ? secrets.client : secrets.server;
+    ASSIGN_OR_RETURN(std::vector<uint8_t> next, NextTrafficSecret(cipher, secret));
+    Wipe(secret);
+    secret = std::move(next);
+    if (!corrupt) return ReplaceKtlsKey(kernel_fd, tx, cipher, secret);
+    std::vector<uint8_t> wrong = secret;
+    wrong[0] ^= 0x5a;
+    absl::Status st = ReplaceKtlsKey(kernel_fd, tx, cipher, wrong);
+    Wipe(wrong);
+    return st;
+  };
+  auto send_key_update = [&](bool corrupt) -> absl::Status {
+    if (KtlsSendKeyUpdate(kernel_fd, false) != 5) return ErrnoStatus(errno, "kTLS KeyUpdate send");
+    return advance(true, corrupt);
+  };
+  constexpr size_t kKeyUpdateRecord = 5 + 5 + 1 + 16;
+  RETURN_IF_ERROR(send_key_update(options.corrupt_rekey));
+  RETURN_IF_ERROR(KernelToOpenSsl(kernel_fd, openssl_fd, openssl, kKeyUpdateRecord, deadline));
+  if (SSL_key_update(openssl, SSL_KEY_UPDATE_REQUESTED) != 1) {
+    return absl::InternalError(StrCat("SSL_key_update: ", DrainOpenSslErrors()));
+  }
+  bool followed = false;
+  auto follow = [&](std::span<const uint8_t> record) -> absl::Status {
+    ASSIGN_OR_RETURN(bool requested, ParseKeyUpdate(record));
+    if (!requested) return absl::InternalError("OpenSSL's KeyUpdate did not carry update_requested");
+    RETURN_IF_ERROR(advance(false, false));
+    followed = true;
+    return send_key_update(false);
+  };
+  RETURN_IF_ERROR(OpenSslToKernel(kernel_fd, openssl, deadline, follow));
+  if (!followed) return absl::InternalError("OpenSSL's KeyUpdate never reached the kTLS end");
+  return KernelToOpenSsl(kernel_fd, openssl_fd, openssl, kKeyUpdateRecord, deadline);
+}
+
+KtlsCipherSelfTest CheckCipher(KtlsCipher cipher, const KtlsSelfTestOptions& options, bool test_rekey) {
+  KtlsCipherSelfTest result;
+  result.cipher = cipher;
+  Secrets secrets;
+  UniqueFd kernel_fd, openssl_fd;
+  SslCtxPtr client_ctx, server_ctx;
+  SslPtr server;
+  const auto deadline = Clock::now() + kTimeout;
+  absl::Status st = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(client_ctx, MakeContext(false, cipher));
+    ASSIGN_OR_RETURN(server_ctx, MakeContext(true, cipher));
+    RETURN_IF_ERROR(internal::LoopbackPair(kernel_fd, openssl_fd));
+    // Both ends are driven from this one thread.
+    for (int fd : {kernel_fd.get(), openssl_fd.get()}) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+    SslPtr client(SSL_new(client_ctx.get()));
+    server.reset(SSL_new(server_ctx.get()));
+    if (!client || !server) return absl::ResourceExhaustedError("SSL_new");
+    SSL_set_app_data(client.get(), &secrets);
+    SSL_set_fd(client.get(), kernel_fd.get());
+    SSL_set_fd(server.get(), openssl_fd.get());
+    RETURN_IF_ERROR(Handshake(client.get(), server.get(), kernel_fd.get(), openssl_fd.get()));
+    if (secrets.client.empty() || secrets.server.empty()) return absl::InternalError("traffic secrets not captured");
+    if (SSL_has_pending(client.get()) != 0) return absl::InternalError("OpenSSL holds received bytes after the handshake");
+
+    // The kTLS end: the data path's derivation and installation.
+    ASSIGN_OR_RETURN(KtlsKeys tx, DeriveKtlsKeys(cipher, secrets.client));
+    ASSIGN_OR_RETURN(KtlsKeys rx, DeriveKtlsKeys(cipher, secrets.server));
+    if (options.corrupt_tx_key) tx.key[0] ^= 0x5a;
+    RETURN_IF_ERROR(InstallKtls(kernel_fd.get(), tx, 0, rx, 0));
+    client.reset();  // the kernel owns the record layer now
+    RETURN_IF_ERROR(KernelToOpenSsl(kernel_fd.get(), openssl_fd.get(), server.get(), 0, deadline));
+    return OpenSslToKernel(kernel_fd.get(), server.get(), deadline, nullptr);
+  }();
+  result.passed = st.ok();
+  result.detail = st.ok() ? "ciphertext on the wire, OpenSSL interoperates both ways" : std::string(st.message());
+  if (st.ok() && test_rekey) {
+    result.rekey_tested = true;
+    absl::Status rekey = CheckRekey(cipher, kernel_fd.get(), openssl_fd.get(), server.get(), secrets, options, deadline);
+    result.rekey_passed = rekey.ok();
+    result.rekey_detail = rekey.ok() ? "KeyUpdate both ways (update_requested answered), ciphertext on the wire"
+                                     : std::string(rekey.message());
+  }
+  return result;
 }
 
 }  // namespace
@@ -227,11 +309,19 @@ bool KtlsSelfTestResult::any_passed() const {
   return std::any_of(ciphers.begin(), ciphers.end(), [](const KtlsCipherSelfTest& c) { return c.passed; });
 }
 
+bool KtlsSelfTestResult::RekeyPassed() const {
+  return any_passed() && std::all_of(ciphers.begin(), ciphers.end(), [](const KtlsCipherSelfTest& c) {
+           return !c.passed || (c.rekey_tested && c.rekey_passed);
+         });
+}
+
 std::string KtlsSelfTestResult::Summary() const {
   if (ciphers.empty()) return "not run: the kernel accepted no kTLS cipher";
   std::vector<std::string> parts;
   for (const KtlsCipherSelfTest& c : ciphers) {
-    parts.push_back(StrCat(KtlsCipherName(c.cipher), c.passed ? " passed" : StrCat(" FAILED (", c.detail, ")")));
+    std::string part = StrCat(KtlsCipherName(c.cipher), c.passed ? " passed" : StrCat(" FAILED (", c.detail, ")"));
+    if (c.rekey_tested) StrAppend(&part, c.rekey_passed ? ", rekey passed" : StrCat(", rekey FAILED (", c.rekey_detail, ")"));
+    parts.push_back(std::move(part));
   }
   return Join(parts, "; ");
 }
@@ -240,10 +330,7 @@ KtlsSelfTestResult RunKtlsSelfTest(const KtlsSupport& support, const KtlsSelfTes
   KtlsSelfTestResult result;
   for (KtlsCipher cipher : {KtlsCipher::kAes128Gcm, KtlsCipher::kAes256Gcm, KtlsCipher::kChacha20Poly1305}) {
     if (!support.Supports(cipher)) continue;
-    absl::Status st = CheckCipher(cipher, options);
-    result.ciphers.push_back({cipher, st.ok(),
-                              st.ok() ? std::string("ciphertext on the wire, OpenSSL interoperates both ways")
-                                      : std::string(st.message())});
+    result.ciphers.push_back(CheckCipher(cipher, options, support.rekey));
   }
   return result;
 }

@@ -6,10 +6,12 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "meshtls/common/strings.h"
 #include "meshtls/common/status.h"
+#include "meshtls/common/token_bucket.h"
 #include "meshtls/tls/ktls.h"
 #include "meshtls/tls/relay.h"
 
@@ -17,7 +19,6 @@ namespace meshtls::tls {
 namespace {
 
 constexpr unsigned kSpliceFlags = SPLICE_F_NONBLOCK | SPLICE_F_MOVE;
-constexpr uint8_t kKeyUpdateMessage = 24;  // HandshakeType key_update (RFC 8446 §4)
 
 struct Pipe {
   UniqueFd read_end;
@@ -65,21 +66,37 @@ class SpliceRelay final : public Relay {
               CloseCallback on_close)
       : Relay(loop, std::move(plaintext), std::move(tunnel), Datapath::kKtlsSplice,
               std::move(on_close)) {}
+  ~SpliceRelay() override {
+    Wipe(tx_secret_);
+    Wipe(rx_secret_);
+  }
 
  private:
   absl::Status Init(const RelayOptions& options) override {
     lifetime_ = options.key_lifetime;
+    if (lifetime_.max_records_per_key == 0) return absl::InvalidArgumentError("max_records_per_key must be at least 1");
     ASSIGN_OR_RETURN(cipher_, KtlsCipherFromIana(tunnel_->cipher_iana_id()));
-    // A kTLS socket cannot send a KeyUpdate here, so an AES-GCM key ends with the connection at
-    // its limit. The pipe can hold this many records, which one splice() may send at once.
+    // ChaCha20-Poly1305 has no practical record limit (RFC 8446 §5.5 names only AES-GCM's).
     key_has_limit_ = cipher_ != KtlsCipher::kChacha20Poly1305;
+    peer_follows_key_update_ = options.peer_follows_key_update;
+    peer_updates_.emplace(lifetime_.peer_key_updates_per_second, lifetime_.peer_key_update_burst);
+    // The pipe can hold this many records, which one splice() may send at once.
     records_per_splice_ = options.pipe_size / (16 * 1024) + 2;
     ASSIGN_OR_RETURN(up_, MakePipe(options.pipe_size));
     if (options.plaintext_read_with_recv) up_copy_.resize(256 * 1024);
     ASSIGN_OR_RETURN(down_, MakePipe(options.pipe_size));
     // The agent may have switched already, to exchange the tunnel preamble through the kernel.
-    if (tunnel_->ssl() == nullptr) return absl::OkStatus();
-    return SwitchToKtls(*tunnel_);
+    if (tunnel_->ssl() != nullptr) RETURN_IF_ERROR(SwitchToKtls(*tunnel_));
+    // The traffic secrets stay only where the kernel can install the next ones; otherwise they
+    // are wiped here (TrafficSecrets' destructor).
+    TrafficSecrets secrets = tunnel_->TakeTrafficSecrets();
+    rekey_ = options.ktls_rekey && !secrets.client.empty() && !secrets.server.empty();
+    if (rekey_) {
+      const bool client = tunnel_->role() == Role::kClient;
+      tx_secret_ = std::move(client ? secrets.client : secrets.server);
+      rx_secret_ = std::move(client ? secrets.server : secrets.client);
+    }
+    return absl::OkStatus();
   }
 
   void Pump() override {
@@ -110,8 +127,9 @@ class SpliceRelay final : public Relay {
       }
     }
     if (!tunnel_writable_) return true;
-    if (up_copy_fill_ > 0) {
-      if (!CheckKeyLimit()) return false;
+    if (up_copy_fill_ > 0 || tx_update_pending_) {
+      if (SendGate gate = BeforeSend(); gate != SendGate::kGo) return gate == SendGate::kWait;
+      if (up_copy_fill_ == 0) return true;
       const ssize_t n = ::send(tunnel_fd(), up_copy_.data() + up_copy_offset_, up_copy_fill_,
                                MSG_DONTWAIT | MSG_NOSIGNAL);
       if (n > 0) {
@@ -136,27 +154,128 @@ class SpliceRelay final : public Relay {
     return usage;
   }
 
-  // Before a send that could take an AES-GCM key past its limit, the connection ends with
-  // key_limit instead. Each send adds at most records_per_splice_ records, so the kernel's exact
-  // count (its record sequence) is asked for only as the limit comes near.
-  bool CheckKeyLimit() {
-    if (!key_has_limit_) return true;
+  enum class SendGate { kGo, kWait, kFinished };
+
+  // Before every send into the tunnel. A sending key near its record limit is replaced by a
+  // KeyUpdate where this kernel and the peer can follow one; otherwise an AES-GCM connection
+  // ends with key_limit instead of going past the limit. Each send adds at most
+  // records_per_splice_ records, so the kernel's exact count (its record sequence) is asked for
+  // only as the limit comes near.
+  SendGate BeforeSend() {
+    if (!tx_update_pending_ && TxKeyDue()) {
+      if (rekey_ && peer_follows_key_update_) {
+        tx_update_pending_ = true;
+      } else if (key_has_limit_) {
+        GlobalKeyUpdateCounters().key_limit_closes++;
+        Finish(FailureReason::kKeyLimit,
+               StrCat("the sending key protected about ", tx_records_bound_, " records (limit ",
+                      lifetime_.max_records_per_key, ") and ",
+                      rekey_ ? "the peer cannot follow a KeyUpdate" : "this kernel's kTLS cannot replace a key"));
+        return SendGate::kFinished;
+      }
+    }
+    return tx_update_pending_ ? SendKeyUpdate() : SendGate::kGo;
+  }
+
+  bool TxKeyDue() {
     const uint64_t limit = lifetime_.max_records_per_key;
     if (tx_records_bound_ + 2 * records_per_splice_ + 8 < limit) {
       tx_records_bound_ += records_per_splice_;
-      return true;
+      return false;
     }
     absl::StatusOr<uint64_t> sent = KtlsRecordSequence(tunnel_fd(), cipher_, true);
-    if (sent.ok() && *sent + records_per_splice_ + 8 < limit) {
-      tx_records_bound_ = *sent + records_per_splice_;
-      return true;
+    if (!sent.ok()) return true;  // unknown near the limit: treat as due
+    tx_records_bound_ = *sent;
+    if (*sent + records_per_splice_ + 8 < limit) {
+      tx_records_bound_ += records_per_splice_;
+      return false;
     }
-    GlobalKeyUpdateCounters().key_limit_closes++;
-    Finish(FailureReason::kKeyLimit,
-           sent.ok() ? StrCat("the sending key protected ", *sent, " records (limit ", limit,
-                              "); this kernel's kTLS cannot replace a key")
-                     : StrCat("the record count is unknown (", sent.status().message(), ") near the limit ", limit));
-    return false;
+    return true;
+  }
+
+  // The KeyUpdate goes out under the old key, then the next sending key is installed: the kernel
+  // has no record of ours in between, since sends run on this thread only.
+  SendGate SendKeyUpdate() {
+    const bool request = tx_update_request_;
+    const ssize_t n = KtlsSendKeyUpdate(tunnel_fd(), request);
+    if (n < 0) {
+      if (errno == EAGAIN) tunnel_writable_ = false;
+      if (errno == EAGAIN || errno == EINTR) return SendGate::kWait;
+      FailWithErrno(errno, "tunnel KeyUpdate");
+      return SendGate::kFinished;
+    }
+    if (n != 5) {
+      Finish(FailureReason::kInternal, StrCat("the kernel took ", n, " of 5 KeyUpdate bytes"));
+      return SendGate::kFinished;
+    }
+    if (absl::Status st = AdvanceKey(true); !st.ok()) {
+      Finish(FailureReason::kInternal, StrCat("installing the next sending key: ", st.message()));
+      return SendGate::kFinished;
+    }
+    tx_update_pending_ = false;
+    tx_update_request_ = false;
+    tx_records_bound_ = 0;
+    ++key_usage_.tx_generation;
+    GlobalKeyUpdateCounters().sent++;
+    return SendGate::kGo;
+  }
+
+  // Derives the direction's next traffic secret, installs its keys and wipes the old secret.
+  absl::Status AdvanceKey(bool tx) {
+    std::vector<uint8_t>& secret = tx ? tx_secret_ : rx_secret_;
+    ASSIGN_OR_RETURN(std::vector<uint8_t> next, NextTrafficSecret(cipher_, secret));
+    absl::Status installed = ReplaceKtlsKey(tunnel_fd(), tx, cipher_, next);
+    Wipe(secret);
+    secret = std::move(next);
+    return installed;
+  }
+
+  // A peer that never replaces its key would run one key forever: past the limit it is asked to
+  // (update_requested), once per key. Checked every few reads, which is cheap and close enough
+  // for a request.
+  void CheckReceiveKey() {
+    if (!rekey_ || rx_update_requested_ || ++reads_since_rx_check_ < 8) return;
+    reads_since_rx_check_ = 0;
+    absl::StatusOr<uint64_t> received = KtlsRecordSequence(tunnel_fd(), cipher_, false);
+    if (received.ok() && *received >= lifetime_.max_records_per_key) {
+      rx_update_requested_ = true;
+      tx_update_pending_ = true;
+      tx_update_request_ = true;
+    }
+  }
+
+  // The peer's KeyUpdate, read as a handshake record. Returns false once the relay has finished.
+  bool FollowKeyUpdate(std::span<const uint8_t> record) {
+    absl::StatusOr<bool> request = ParseKeyUpdate(record);
+    if (!request.ok()) {
+      Finish(FailureReason::kUnexpectedMessage, std::string(request.status().message()));
+      return false;
+    }
+    if (!rekey_) {
+      Finish(FailureReason::kPeerKeyUpdateUnsupported,
+             "peer sent a KeyUpdate; this kernel's kTLS cannot install new keys");
+      return false;
+    }
+    GlobalKeyUpdateCounters().received++;
+    if (!peer_updates_->TryTake()) {
+      GlobalKeyUpdateCounters().floods++;
+      Finish(FailureReason::kKeyUpdateFlood,
+             StrCat("peer sent KeyUpdates faster than ", lifetime_.peer_key_updates_per_second, "/s (burst ",
+                    lifetime_.peer_key_update_burst, "), after ", key_usage_.rx_generation, " key update(s)"));
+      return false;
+    }
+    // Until the next key is in, the kernel refuses reads (EKEYEXPIRED); nothing else runs between.
+    if (absl::Status st = AdvanceKey(false); !st.ok()) {
+      Finish(FailureReason::kInternal, StrCat("installing the next receiving key: ", st.message()));
+      return false;
+    }
+    ++key_usage_.rx_generation;
+    rx_update_requested_ = false;
+    reads_since_rx_check_ = 0;
+    // RFC 8446 §4.6.3: answer update_requested with our own KeyUpdate (not requesting) before
+    // the next application data; one pending update of ours answers it as well.
+    if (*request) tx_update_pending_ = true;
+    return true;
   }
 
   bool CloseUp(bool& progress) {
@@ -194,8 +313,9 @@ class SpliceRelay final : public Relay {
       }
     }
     if (!tunnel_writable_) return true;
-    if (up_.fill > 0) {
-      if (!CheckKeyLimit()) return false;
+    if (up_.fill > 0 || tx_update_pending_) {
+      if (SendGate gate = BeforeSend(); gate != SendGate::kGo) return gate == SendGate::kWait;
+      if (up_.fill == 0) return up_eof_ ? CloseUp(progress) : true;
       const ssize_t n =
           ::splice(up_.read_end.get(), nullptr, tunnel_fd(), nullptr, up_.fill, kSpliceFlags);
       if (n > 0) {
@@ -235,6 +355,7 @@ class SpliceRelay final : public Relay {
       if (n > 0) {
         down_.fill += static_cast<size_t>(n);
         progress = true;
+        CheckReceiveKey();
       } else if (n == 0) {
         Finish(FailureReason::kTruncated, "tunnel closed without close_notify");
         return false;
@@ -310,14 +431,7 @@ class SpliceRelay final : public Relay {
                StrCat("peer sent alert ", AlertName(n >= 2 ? buffer[1] : 255)));
         return false;
       case kRecordHandshake:
-        if (buffer[0] == kKeyUpdateMessage) {
-          Finish(FailureReason::kPeerKeyUpdateUnsupported,
-                 "peer sent a KeyUpdate; this datapath cannot install new keys");
-          return false;
-        }
-        Finish(FailureReason::kUnexpectedMessage,
-               StrCat("unexpected post-handshake message type ", buffer[0]));
-        return false;
+        return FollowKeyUpdate(std::span<const uint8_t>(buffer, static_cast<size_t>(n)));
       default:
         Finish(FailureReason::kUnexpectedMessage, StrCat("unexpected record type ", type));
         return false;
@@ -327,6 +441,15 @@ class SpliceRelay final : public Relay {
   KeyLifetimeOptions lifetime_;
   KtlsCipher cipher_ = KtlsCipher::kAes128Gcm;
   bool key_has_limit_ = true;
+  bool rekey_ = false;  // this kernel replaces keys, and the secrets below are kept
+  bool peer_follows_key_update_ = false;
+  std::vector<uint8_t> tx_secret_;  // current application traffic secrets (rekey_ only)
+  std::vector<uint8_t> rx_secret_;
+  bool tx_update_pending_ = false;  // a KeyUpdate of ours goes out before the next data
+  bool tx_update_request_ = false;  // ... asking the peer to update too
+  bool rx_update_requested_ = false;
+  int reads_since_rx_check_ = 0;
+  std::optional<TokenBucket> peer_updates_;  // the peer's KeyUpdate budget
   uint64_t records_per_splice_ = 66;
   uint64_t tx_records_bound_ = 0;  // at least the records sent so far under the key
   Pipe up_;

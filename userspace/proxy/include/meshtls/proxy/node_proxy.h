@@ -33,6 +33,9 @@ struct ProxyOptions {
   std::string trust_domain;
   ProxyPorts ports;
   tls::Datapath datapath = tls::Datapath::kUserspaceTls;
+  // ktls-splice only: the kernel can replace kTLS keys (probe and self-test), so tunnels send and
+  // follow KeyUpdates and say so to their peers (tunnel capability).
+  bool ktls_rekey = false;
   bool local_leg_shortcut = false;  // read local legs with recv() (the sockmap shortcut is on)
   std::chrono::milliseconds handshake_timeout{10'000};
   uint32_t max_pending_handshakes = 1024;

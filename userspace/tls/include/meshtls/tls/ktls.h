@@ -61,8 +61,9 @@ absl::Status InstallKtls(int fd, const KtlsKeys& tx, uint64_t tx_sequence, const
                          uint64_t rx_sequence);
 
 // Moves a finished session's record layer into the kernel: refuses if OpenSSL holds received
-// bytes, derives both directions' keys from the captured secrets, installs them, wipes the
-// secrets and frees the OpenSSL state.
+// bytes, derives both directions' keys from the captured secrets, installs them and frees the
+// OpenSSL state. The traffic secrets go back to the session: the splice relay takes them where
+// the kernel can rekey (KeyUpdate) and wipes them at once where it cannot.
 absl::Status SwitchToKtls(TlsSession& session);
 
 // Receives from a kTLS socket, reporting the record type of what was read. Returns the byte
@@ -72,6 +73,22 @@ ssize_t KtlsReceive(int fd, void* buffer, size_t length, uint8_t* record_type);
 ssize_t KtlsSendRecord(int fd, uint8_t record_type, std::span<const uint8_t> payload);
 // Sends close_notify (alert level warning(1), description close_notify(0)).
 ssize_t KtlsSendCloseNotify(int fd);
+
+// TLS 1.3 KeyUpdate through kTLS (kernels where KtlsSupport::rekey holds).
+//
+// The next application traffic secret: HKDF-Expand-Label(secret, "traffic upd", "", Hash.length)
+// (RFC 8446 §7.2).
+absl::StatusOr<std::vector<uint8_t>> NextTrafficSecret(KtlsCipher cipher, std::span<const uint8_t> secret);
+// Installs the keys of `secret` for one direction of a kTLS socket that already has keys; the
+// record sequence restarts at 0. On the receiving side, reads fail with EKEYEXPIRED between the
+// peer's KeyUpdate and this call.
+absl::Status ReplaceKtlsKey(int fd, bool tx, KtlsCipher cipher, std::span<const uint8_t> secret);
+// Sends a KeyUpdate handshake message (RFC 8446 §4.6.3) under the current sending key. The
+// caller installs the next sending key right after. -1 with errno on failure (EAGAIN: nothing sent).
+ssize_t KtlsSendKeyUpdate(int fd, bool request_peer_update);
+// A received handshake record that is a well-formed KeyUpdate: whether the peer asks for ours.
+// Anything else is an error naming what was wrong.
+absl::StatusOr<bool> ParseKeyUpdate(std::span<const uint8_t> record);
 
 // The record sequence number the kernel will use next in direction TLS_TX or TLS_RX, i.e. the
 // records protected so far under the current key (getsockopt(SOL_TLS) reports it).

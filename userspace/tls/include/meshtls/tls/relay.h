@@ -62,6 +62,10 @@ struct RelayOptions {
   // The peer said (tunnel capabilities) that it can follow our KeyUpdate. Without it a sending
   // key is never updated: an AES-GCM connection is closed at its record limit (key_limit).
   bool peer_follows_key_update = false;
+  // ktls-splice: the running kernel can replace kTLS keys (probe and self-test passed), so the
+  // relay keeps the traffic secrets and follows and sends KeyUpdates. Without it the secrets are
+  // wiped at once and a peer's KeyUpdate ends the connection (peer_key_update_unsupported).
+  bool ktls_rekey = false;
   // Capacity of each direction's pipe in the splice relay (bounded by fs.pipe-max-size).
   size_t pipe_size = 1 << 20;
   // If set, the relay is listed there while it runs (must outlive the relay).

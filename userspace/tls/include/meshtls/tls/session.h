@@ -85,6 +85,9 @@ class TlsSession {
   bool HasBufferedInput() const;
   // Moves the captured secrets out (empty unless capture_traffic_secrets was set).
   TrafficSecrets TakeTrafficSecrets() { return std::move(secrets_); }
+  // Hands secrets back (SwitchToKtls: a relay that can rekey takes them, and they are wiped with
+  // the session otherwise).
+  void KeepTrafficSecrets(TrafficSecrets secrets) { secrets_ = std::move(secrets); }
 
   // Frees the OpenSSL state without sending anything, once the kernel owns the records (kTLS).
   // The socket and the handshake results stay.
