@@ -60,6 +60,7 @@ v1::GetStatusResponse AgentInspection::Status() const {
   kernel->set_ktls_detail(parts_.ktls.detail);
   kernel->set_ktls_self_test(parts_.ktls_self_test);
   kernel->set_ktls_rekey(parts_.ktls.rekey);
+  kernel->set_ktls_rekey_detail(parts_.ktls.rekey_detail);
   for (tls::KtlsCipher cipher : {tls::KtlsCipher::kAes128Gcm, tls::KtlsCipher::kAes256Gcm, tls::KtlsCipher::kChacha20Poly1305}) {
     if (parts_.ktls.Supports(cipher)) kernel->add_ktls_ciphers(std::string(tls::KtlsCipherName(cipher)));
   }

@@ -47,6 +47,8 @@ v1::GetStatusResponse SampleStatus() {
   k->add_ktls_ciphers("TLS_AES_256_GCM_SHA384");
   k->add_ktls_ciphers("TLS_CHACHA20_POLY1305_SHA256");
   k->set_ktls_self_test("TLS_AES_128_GCM_SHA256 passed; TLS_AES_256_GCM_SHA384 passed; TLS_CHACHA20_POLY1305_SHA256 passed");
+  k->set_ktls_rekey(false);
+  k->set_ktls_rekey_detail("no kTLS rekeying: setsockopt(TLS_TX) TLS_AES_128_GCM_SHA256: Device or resource busy");
   k->set_local_leg_shortcut(true);
   const struct {
     const char* name;

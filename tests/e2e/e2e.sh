@@ -752,6 +752,28 @@ test_ktls_self_test() {
   [[ $summary == *"TLS_AES_128_GCM_SHA256 passed"* && $summary != *FAILED* ]] \
     && pass "the self-test passed on $(uname -r): $summary" || fail "self-test: $summary"
   topo_stop_agent 1
+  # Rekeying is used only where the self-test proved it; a wrong key after a KeyUpdate turns it
+  # off (kTLS itself stays on).
+  local rekey rekey_detail
+  rekey=$(json_get "$TOPO_ROOT/status-ok.json" "d['kernel'].get('ktls_rekey', False)")
+  rekey_detail=$(json_get "$TOPO_ROOT/status-ok.json" "d['kernel'].get('ktls_rekey_detail', '')")
+  if [[ $rekey == True ]]; then
+    [[ $summary == *"rekey passed"* ]] && pass "rekeying proven by the self-test: $rekey_detail" || fail "rekey without a self-test: $summary"
+    export MESHTLS_KTLS_SELFTEST_FAULT=wrong_rekey
+    topo_start_agent 1 --datapath auto || fail "the agent did not start with a failing rekey stage"
+    ctl 1 -o json status >"$TOPO_ROOT/status-rekey-fault.json"
+    unset MESHTLS_KTLS_SELFTEST_FAULT
+    expect_eq "a failing rekey stage keeps ktls-splice" DATAPATH_KTLS_SPLICE \
+      "$(json_get "$TOPO_ROOT/status-rekey-fault.json" "d['datapath']")"
+    expect_eq "but turns KeyUpdate through kTLS off" False \
+      "$(json_get "$TOPO_ROOT/status-rekey-fault.json" "d['kernel'].get('ktls_rekey', False)")"
+    expect_contains "the status API says why" "$TOPO_ROOT/status-rekey-fault.json" 'kTLS rekeying disabled: the start-up self-test failed'
+    expect_contains "and so does the log" "$TOPO_ROOT/agent1.log" "kTLS connections will not send or follow KeyUpdates"
+    topo_stop_agent 1
+  else
+    [[ $rekey_detail == *"no kTLS rekeying"* ]] && pass "no rekeying on $(uname -r), and the status API says why: $rekey_detail" \
+      || fail "rekey detail: '$rekey_detail'"
+  fi
   # A wrong key on purpose: the wire carries records OpenSSL cannot read, so kTLS is disabled.
   export MESHTLS_KTLS_SELFTEST_FAULT=wrong_tx_key
   topo_start_agent 1 --datapath auto || fail "the agent did not start with a failing self-test"
@@ -774,8 +796,65 @@ test_ktls_self_test() {
   expect_contains "and says why" "$TOPO_ROOT/agent1.log" "datapath ktls-splice was requested, but .*self-test: .*FAILED"
 }
 
+# Key lifetime between two agents at 1,000 records per key: 64 MiB each way through the mesh,
+# checksums equal. Where both ends can follow a KeyUpdate (userspace-tls, or kTLS on a kernel
+# that can rekey: Debian's 7.x), keys are replaced several times each way and the metrics count
+# them; where kTLS cannot rekey (6.1, 6.12), the agents negotiate ChaCha20-Poly1305, which has no
+# record limit, and the stream flows without a KeyUpdate.
+test_key_update() {
+  setup; mesh_mode STRICT
+  printf 'recordsPerKey: 1000\npeerKeyUpdateBurst: 1000\npeerKeyUpdatesPerMinute: 6000000\n' >"$TOPO_ROOT/keys.yaml"
+  TOPO_EXTRA_CONFIG=$TOPO_ROOT/keys.yaml
+  agents || { fail "the agents did not start"; return; }
+  ctl 1 -o json status >"$TOPO_ROOT/status.json"
+  local datapath rekey follows=no
+  datapath=$(json_get "$TOPO_ROOT/status.json" "d['datapath']")
+  rekey=$(json_get "$TOPO_ROOT/status.json" "d['kernel'].get('ktls_rekey', False)")
+  [[ $datapath == DATAPATH_USERSPACE_TLS || $rekey == True ]] && follows=yes
+  echo "datapath $datapath, kTLS rekey $rekey: KeyUpdates expected: $follows"
+  if [[ $datapath == DATAPATH_KTLS_SPLICE ]]; then
+    local summary; summary=$(json_get "$TOPO_ROOT/status.json" "d['kernel']['ktls_self_test']")
+    if [[ $rekey == True ]]; then
+      [[ $summary == *"rekey passed"* && $summary != *FAILED* ]] && pass "the self-test proved rekeying: $summary" \
+        || fail "rekey advertised without a passing self-test: $summary"
+    else
+      [[ $summary != *rekey* ]] && pass "no rekey stage on a kernel that cannot rekey ($(uname -r))" \
+        || fail "self-test: $summary"
+    fi
+  fi
+  topo_run n2a $NETCHECK serve 9000 --mirror >"$TOPO_ROOT/mirror.log" 2>&1 &
+  local i
+  for i in $(seq 50); do grep -q listening "$TOPO_ROOT/mirror.log" && break; sleep 0.05; done
+  local out; out=$(topo_run n1a $NETCHECK bulk 10.0.2.2 9000 $((64 << 20)) 2>&1 | tail -1)
+  [[ $out == *" equal" ]] && pass "64 MiB each way through two agents, checksums equal" || fail "bulk: $out"
+  # The connection is logged (and counted) when it ends; the key-update counters refresh every 5 s.
+  local port1 port2 sent1=0 sent2=0 received1=0 deadline=$((SECONDS + 15))
+  port1=$(topo_metrics_port 1); port2=$(topo_metrics_port 2)
+  while [[ $SECONDS -lt $deadline ]]; do
+    scrape "$port1" /metrics | tail -n +2 >"$TOPO_ROOT/m1.prom"
+    scrape "$port2" /metrics | tail -n +2 >"$TOPO_ROOT/m2.prom"
+    sent1=$(metric_sum "$TOPO_ROOT/m1.prom" meshtls_tls_key_updates_total 'direction="sent"' 'result="ok"')
+    sent2=$(metric_sum "$TOPO_ROOT/m2.prom" meshtls_tls_key_updates_total 'direction="sent"' 'result="ok"')
+    received1=$(metric_sum "$TOPO_ROOT/m1.prom" meshtls_tls_key_updates_total 'direction="received"' 'result="ok"')
+    [[ $follows == no || ($sent1 -ge 4 && $sent2 -ge 4 && $received1 -ge 4) ]] && break
+    sleep 0.5
+  done
+  local line; line=$(grep '"dst_addr":"10.0.2.2:9000"' "$TOPO_ROOT/access-1.log" | tail -1)
+  [[ $line == *'"result":"ok"'* ]] && pass "the connection ended cleanly" || fail "access log: $line"
+  if [[ $follows == yes ]]; then
+    # 4,096 full records each way at most 1,000 per key (less the relay's headroom).
+    [[ $sent1 -ge 4 && $sent2 -ge 4 && $received1 -ge 4 ]] \
+      && pass "keys replaced each way: node 1 sent $sent1 KeyUpdates and followed $received1, node 2 sent $sent2" \
+      || fail "too few KeyUpdates: node 1 sent $sent1, received $received1; node 2 sent $sent2"
+  else
+    expect_eq "no KeyUpdate where kTLS cannot rekey" "0 0" "$sent1 $sent2"
+    [[ $line == *TLS_CHACHA20_POLY1305_SHA256* ]] && pass "the tunnel used ChaCha20-Poly1305 (no record limit)" \
+      || fail "cipher of the tunnel: $line"
+  fi
+}
+
 if [[ $test_name == all ]]; then
-  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input lifecycle policy_change_closes_denied_connections workload_reload kubernetes inspection ktls_self_test; do
+  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input lifecycle policy_change_closes_denied_connections workload_reload kubernetes inspection ktls_self_test key_update; do
     "$0" "$build" "$t" --datapath "$DATAPATH" || failures=$((failures + 1))
   done
   trap - EXIT

@@ -7,7 +7,12 @@
   netcheck.py serve PORT --sink                       reads to EOF, answers "got N"
   netcheck.py trickle HOST PORT SECONDS               one byte every 0.1 s for SECONDS, then EOF;
                                                       prints the answer; exit codes as send
+  netcheck.py serve PORT --mirror                     sends back every byte it gets, until EOF
+  netcheck.py bulk HOST PORT BYTES                    sends BYTES random bytes to a mirror while
+                                                      reading them back; prints both SHA-256s;
+                                                      exit 0 if equal, 7 if not
 """
+import hashlib, os, threading
 import time
 import socket, sys, argparse
 
@@ -22,6 +27,17 @@ def serve(args):
         c, _ = s.accept()
         try:
             c.settimeout(60)
+            if args.mirror:
+                c.settimeout(600)
+                while True:
+                    chunk = c.recv(262144)
+                    if not chunk:
+                        break
+                    c.sendall(chunk)
+                c.shutdown(socket.SHUT_WR)
+                c.close()
+                served += 1
+                continue
             if args.sink:
                 total = 0
                 while True:
@@ -42,6 +58,39 @@ def serve(args):
         finally:
             c.close()
         served += 1
+
+def bulk(args):
+    c = socket.create_connection((args.host, args.port), timeout=args.timeout)
+    sent_hash, got_hash = hashlib.sha256(), hashlib.sha256()
+    failure = []
+    def writer():
+        try:
+            left = args.bytes
+            while left > 0:
+                chunk = os.urandom(min(left, 262144))
+                sent_hash.update(chunk)
+                c.sendall(chunk)
+                left -= len(chunk)
+            c.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            failure.append(f"send: {e}")
+    t = threading.Thread(target=writer)
+    t.start()
+    got = 0
+    try:
+        while True:
+            chunk = c.recv(262144)
+            if not chunk:
+                break
+            got_hash.update(chunk)
+            got += len(chunk)
+    except OSError as e:
+        failure.append(f"receive: {e}")
+    t.join()
+    same = got == args.bytes and sent_hash.hexdigest() == got_hash.hexdigest()
+    print(f"sent {args.bytes} sha256 {sent_hash.hexdigest()} received {got} sha256 {got_hash.hexdigest()}"
+          + (f" errors {failure}" if failure else "") + (" equal" if same else " DIFFERENT"))
+    return 0 if same and not failure else 7
 
 def send(args):
     try:
@@ -80,8 +129,9 @@ def send(args):
 
 p = argparse.ArgumentParser()
 sub = p.add_subparsers(dest="cmd", required=True)
-a = sub.add_parser("serve"); a.add_argument("port", type=int); a.add_argument("--reply", default="pong"); a.add_argument("--count", type=int, default=0); a.add_argument("--sink", action="store_true")
+a = sub.add_parser("serve"); a.add_argument("port", type=int); a.add_argument("--reply", default="pong"); a.add_argument("--count", type=int, default=0); a.add_argument("--sink", action="store_true"); a.add_argument("--mirror", action="store_true")
 b = sub.add_parser("send"); b.add_argument("host"); b.add_argument("port", type=int); b.add_argument("text"); b.add_argument("--timeout", type=float, default=5)
 t = sub.add_parser("trickle"); t.add_argument("host"); t.add_argument("port", type=int); t.add_argument("seconds", type=float); t.add_argument("--timeout", type=float, default=60)
+k = sub.add_parser("bulk"); k.add_argument("host"); k.add_argument("port", type=int); k.add_argument("bytes", type=int); k.add_argument("--timeout", type=float, default=600)
 args = p.parse_args()
-sys.exit(serve(args) if args.cmd == "serve" else send(args))
+sys.exit(serve(args) if args.cmd == "serve" else bulk(args) if args.cmd == "bulk" else send(args))

@@ -137,6 +137,9 @@ std::string RenderStatus(const v1::GetStatusResponse& s, const RenderOptions& op
   agent.Add("kTLS", ktls);
   agent.Add("kTLS ciphers", JoinList(k.ktls_ciphers()));
   if (!k.ktls_self_test().empty()) agent.Add("kTLS self-test", k.ktls_self_test());
+  if (!k.ktls_rekey_detail().empty()) {
+    agent.Add("kTLS KeyUpdate", StrCat(k.ktls_rekey() ? "yes: " : "no: ", k.ktls_rekey_detail()));
+  }
   agent.Add("Local-leg shortcut", k.local_leg_shortcut() ? "on" : "off");
   std::string out = agent.Render();
 
