@@ -410,10 +410,18 @@ TEST(KeyLifetimeTest, KeysAreUpdatedAtTheLimitBothWaysAndTheStreamsStayIntact) {
 }
 
 // The relay's record counts equal what a plain OpenSSL peer counts on its side, over random
-// record sizes, both ways.
-TEST(KeyLifetimeTest, RecordCountsMatchThePeersCount) {
+// record sizes, both ways: OpenSSL's record callback in userspace-tls, the kernel's record
+// sequence in ktls-splice.
+class RecordCountTest : public ::testing::TestWithParam<Datapath> {
+ protected:
+  void SetUp() override {
+    if (!meshtls::testing::RequireDatapath(GetParam())) GTEST_SKIP() << "kTLS unavailable on this kernel (see stderr)";
+  }
+};
+
+TEST_P(RecordCountTest, RecordCountsMatchThePeersCount) {
   LoopThread loop;
-  RawClientRelay t = StartRelayAgainstRawClient(loop, Datapath::kUserspaceTls, {});
+  RawClientRelay t = StartRelayAgainstRawClient(loop, GetParam(), {});
   ASSERT_TRUE(t.peer);
   SslPtr& peer = t.peer;
   UniqueFd& app = t.app;
@@ -459,6 +467,11 @@ TEST(KeyLifetimeTest, RecordCountsMatchThePeersCount) {
   EXPECT_GT(counts.written, 300u);
   EXPECT_GT(counts.read, 200u);
 }
+
+INSTANTIATE_TEST_SUITE_P(Datapaths, RecordCountTest, ::testing::Values(Datapath::kUserspaceTls, Datapath::kKtlsSplice),
+                         [](const auto& param_info) {
+                           return std::string(param_info.param == Datapath::kKtlsSplice ? "KtlsSplice" : "UserspaceTls");
+                         });
 
 // A peer that said it cannot follow a KeyUpdate (a kTLS end on a kernel that cannot rekey) never
 // gets one, and a kTLS relay cannot send one: an AES-GCM connection is closed at the limit with
