@@ -50,19 +50,24 @@ std::string Decrypt(const KtlsKeys& keys, uint64_t seq, const std::vector<uint8_
   return std::string(plain.begin(), plain.end());
 }
 
-class KeyDerivationTest : public ::testing::TestWithParam<std::string> {};
+class KeyDerivationTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  // A finished handshake on the suite under test, both ends keeping their traffic secrets.
+  meshtls::testing::HandshakeOutcome HandshakeOnSuite() {
+    auto server_opts = meshtls::testing::Credentials("server");
+    server_opts.cipher_suites = {GetParam()};
+    SessionOptions client;
+    client.expected_peer = *SpiffeId::Parse("spiffe://cluster.local/ns/default/sa/server");
+    client.capture_traffic_secrets = true;
+    SessionOptions server;
+    server.capture_traffic_secrets = true;
+    return meshtls::testing::Handshake(loop_, Context("client"), *TlsContext::Create(server_opts), client, server);
+  }
+  meshtls::testing::LoopThread loop_;
+};
 
 TEST_P(KeyDerivationTest, DerivedKeysDecryptOpenSslRecordsBothWays) {
-  auto server_opts = meshtls::testing::Credentials("server");
-  server_opts.cipher_suites = {GetParam()};
-  meshtls::testing::LoopThread loop;
-  SessionOptions client;
-  client.expected_peer = *SpiffeId::Parse("spiffe://cluster.local/ns/default/sa/server");
-  client.capture_traffic_secrets = true;
-  SessionOptions server;
-  server.capture_traffic_secrets = true;
-  auto out = meshtls::testing::Handshake(loop, Context("client"), *TlsContext::Create(server_opts),
-                                         client, server);
+  auto out = HandshakeOnSuite();
   ASSERT_TRUE(out.client->handshake_done()) << out.client->failure_detail();
   auto cipher = KtlsCipherFromIana(out.client->cipher_iana_id());
   ASSERT_TRUE(cipher.ok());
@@ -98,15 +103,7 @@ TEST_P(KeyDerivationTest, DerivedKeysDecryptOpenSslRecordsBothWays) {
 // of NextTrafficSecret() at sequence 0: the derivation the kTLS relay uses to follow and send
 // KeyUpdates, checked here without kTLS.
 TEST_P(KeyDerivationTest, NextTrafficSecretMatchesOpenSslKeyUpdate) {
-  auto server_opts = meshtls::testing::Credentials("server");
-  server_opts.cipher_suites = {GetParam()};
-  meshtls::testing::LoopThread loop;
-  SessionOptions client;
-  client.expected_peer = *SpiffeId::Parse("spiffe://cluster.local/ns/default/sa/server");
-  client.capture_traffic_secrets = true;
-  SessionOptions server;
-  auto out = meshtls::testing::Handshake(loop, Context("client"), *TlsContext::Create(server_opts),
-                                         client, server);
+  auto out = HandshakeOnSuite();
   ASSERT_TRUE(out.client->handshake_done()) << out.client->failure_detail();
   auto cipher = KtlsCipherFromIana(out.client->cipher_iana_id());
   ASSERT_TRUE(cipher.ok());

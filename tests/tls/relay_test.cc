@@ -372,15 +372,16 @@ uint64_t LargeStreamBytes() {
   return total;
 }
 
-// With a limit of 1,000 records per key, 1 GiB each way goes through ~65 key generations per
-// direction, checksums intact, and no key ever protects more than its limit.
-TEST(KeyLifetimeTest, KeysAreUpdatedAtTheLimitBothWaysAndTheStreamsStayIntact) {
+// Two relays at 1,000 records per key move `total` bytes each way at once; both streams must
+// arrive intact, each end must have replaced its sending key at least once per 1,000 full
+// records (16 KiB), the other end must have followed every replacement, and no key may protect
+// more than its limit. Returns the relays' results for datapath-specific checks.
+std::pair<RelayResult, RelayResult> ExpectKeysUpdatedBothWays(Datapath datapath, std::shared_ptr<const TlsContext> client_ctx,
+                                                              std::shared_ptr<const TlsContext> server_ctx,
+                                                              const RelayOptions& options, uint64_t total) {
   LoopThread client_loop, server_loop;
-  const uint64_t total = LargeStreamBytes();
-  RelayPair pair = meshtls::testing::StartRelayPair(client_loop, server_loop, Datapath::kUserspaceTls,
-                                                    meshtls::testing::Context("client"),
-                                                    meshtls::testing::Context("server"), kRelayServerId,
-                                                    KeyOptions(1000, true), KeyOptions(1000, true));
+  RelayPair pair = meshtls::testing::StartRelayPair(client_loop, server_loop, datapath, std::move(client_ctx),
+                                                    std::move(server_ctx), kRelayServerId, options, options);
   StreamDigest up_sent, down_sent, up_got, down_got;
   std::thread client_writer([&] { up_sent = WriteStream(pair.app_client.get(), total, 11, true); });
   std::thread server_writer([&] { down_sent = WriteStream(pair.app_server.get(), total, 12, true); });
@@ -401,12 +402,22 @@ TEST(KeyLifetimeTest, KeysAreUpdatedAtTheLimitBothWaysAndTheStreamsStayIntact) {
   if (total >= (1ULL << 30)) {
     EXPECT_GE(expected, 50u);
   }
+  std::cerr << DatapathName(datapath) << ": " << total << " bytes each way, key generations client tx "
+            << client.key_usage.tx_generation << " / server tx " << server.key_usage.tx_generation << "\n";
   EXPECT_GE(client.key_usage.tx_generation, expected);
   EXPECT_GE(server.key_usage.tx_generation, expected);
   EXPECT_EQ(server.key_usage.rx_generation, client.key_usage.tx_generation);
   EXPECT_EQ(client.key_usage.rx_generation, server.key_usage.tx_generation);
   EXPECT_LE(client.key_usage.tx_records, 1000u);
   EXPECT_LE(server.key_usage.tx_records, 1000u);
+  return {client, server};
+}
+
+// With a limit of 1,000 records per key, 1 GiB each way goes through ~65 key generations per
+// direction.
+TEST(KeyLifetimeTest, KeysAreUpdatedAtTheLimitBothWaysAndTheStreamsStayIntact) {
+  ExpectKeysUpdatedBothWays(Datapath::kUserspaceTls, meshtls::testing::Context("client"),
+                            meshtls::testing::Context("server"), KeyOptions(1000, true), LargeStreamBytes());
 }
 
 // The relay's record counts equal what a plain OpenSSL peer counts on its side, over random
@@ -623,39 +634,11 @@ class KtlsKeyUpdateTest : public ::testing::TestWithParam<std::string> {
 // is emulated (about 4 MB/s), so only AES-128-GCM carries the full stream; the other ciphers,
 // whose rekeying is the same code with another key length, carry at most 64 MiB.
 TEST_P(KtlsKeyUpdateTest, KeysAreUpdatedAtTheLimitBothWaysAndTheStreamsStayIntact) {
-  LoopThread client_loop, server_loop;
   const uint64_t total =
       GetParam() == "TLS_AES_128_GCM_SHA256" ? LargeStreamBytes() : std::min<uint64_t>(LargeStreamBytes(), 64 << 20);
-  RelayPair pair = meshtls::testing::StartRelayPair(client_loop, server_loop, Datapath::kKtlsSplice,
-                                                    ContextWithSuites("client", GetParam()),
-                                                    ContextWithSuites("server", GetParam()), kRelayServerId,
-                                                    KtlsKeyOptions(1000), KtlsKeyOptions(1000));
   const auto global_sent = GlobalKeyUpdateCounters().sent.load();
-  StreamDigest up_sent, down_sent, up_got, down_got;
-  std::thread client_writer([&] { up_sent = WriteStream(pair.app_client.get(), total, 41, true); });
-  std::thread server_writer([&] { down_sent = WriteStream(pair.app_server.get(), total, 42, true); });
-  std::thread client_reader([&] { down_got = ReadStream(pair.app_client.get()); });
-  up_got = ReadStream(pair.app_server.get());
-  client_writer.join();
-  server_writer.join();
-  client_reader.join();
-  EXPECT_EQ(up_got.bytes, total);
-  EXPECT_EQ(up_got.sha256, up_sent.sha256);
-  EXPECT_EQ(down_got.bytes, total);
-  EXPECT_EQ(down_got.sha256, down_sent.sha256);
-  RelayResult client = Await(pair.client_result), server = Await(pair.server_result);
-  EXPECT_EQ(client.reason, FailureReason::kNone) << client.detail;
-  EXPECT_EQ(server.reason, FailureReason::kNone) << server.detail;
-  const uint64_t expected = total / (16 * 1024) / 1000 - 1;
-  if (total >= (1ULL << 30)) {
-    EXPECT_GE(expected, 50u);
-  }
-  std::cerr << "kTLS " << GetParam() << ": " << total << " bytes each way, key generations client tx "
-            << client.key_usage.tx_generation << " / server tx " << server.key_usage.tx_generation << "\n";
-  EXPECT_GE(client.key_usage.tx_generation, expected);
-  EXPECT_GE(server.key_usage.tx_generation, expected);
-  EXPECT_EQ(server.key_usage.rx_generation, client.key_usage.tx_generation);
-  EXPECT_EQ(client.key_usage.rx_generation, server.key_usage.tx_generation);
+  auto [client, server] = ExpectKeysUpdatedBothWays(Datapath::kKtlsSplice, ContextWithSuites("client", GetParam()),
+                                                    ContextWithSuites("server", GetParam()), KtlsKeyOptions(1000), total);
   EXPECT_GE(GlobalKeyUpdateCounters().sent.load() - global_sent,
             client.key_usage.tx_generation + server.key_usage.tx_generation);
 }
