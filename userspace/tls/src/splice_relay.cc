@@ -162,7 +162,10 @@ class SpliceRelay final : public Relay {
   // records_per_splice_ records, so the kernel's exact count (its record sequence) is asked for
   // only as the limit comes near.
   SendGate BeforeSend() {
-    if (!tx_update_pending_ && TxKeyDue()) {
+    // A key without a limit that cannot be replaced anyway (ChaCha20-Poly1305 where no KeyUpdate
+    // can be sent) needs no counting.
+    const bool watch_key = key_has_limit_ || (rekey_ && peer_follows_key_update_);
+    if (!tx_update_pending_ && watch_key && TxKeyDue()) {
       if (rekey_ && peer_follows_key_update_) {
         tx_update_pending_ = true;
       } else if (key_has_limit_) {
