@@ -129,9 +129,8 @@ BpfModes BpfModesFor(const policy::PolicySet& policies, const policy::PolicyTarg
 
 }  // namespace
 
-// What this agent can do with a peer's KeyUpdate: OpenSSL follows one; the kTLS relay cannot
-// install new receive keys yet, so it must never be sent one.
-// OpenSSL always follows a KeyUpdate; kTLS only where the kernel can install the next key.
+// What this agent can do with a peer's KeyUpdate: OpenSSL always follows one; the kTLS relay
+// only where the kernel can install the next key (a peer must never send it one otherwise).
 uint8_t LocalCapabilities(const ProxyOptions& options) {
   const bool follows = options.datapath == tls::Datapath::kUserspaceTls || options.ktls_rekey;
   return follows ? tunnel::kCapabilityFollowsKeyUpdate : 0;

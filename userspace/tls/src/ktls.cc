@@ -322,7 +322,10 @@ absl::StatusOr<std::vector<uint8_t>> NextTrafficSecret(KtlsCipher cipher, std::s
   return ExpandLabel(ParamsOf(cipher).digest, secret, "traffic upd", secret.size());
 }
 
-absl::Status ReplaceKtlsKey(int fd, bool tx, KtlsCipher cipher, std::span<const uint8_t> secret) {
+absl::Status AdvanceKtlsKey(int fd, bool tx, KtlsCipher cipher, std::vector<uint8_t>& secret) {
+  ASSIGN_OR_RETURN(std::vector<uint8_t> next, NextTrafficSecret(cipher, secret));
+  Wipe(secret);
+  secret = std::move(next);
   ASSIGN_OR_RETURN(KtlsKeys keys, DeriveKtlsKeys(cipher, secret));
   return SetCryptoInfo(fd, tx ? TLS_TX : TLS_RX, keys, 0);
 }

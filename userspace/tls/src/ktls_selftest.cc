@@ -218,21 +218,11 @@ absl::Status OpenSslToKernel(int kernel_fd, SSL* openssl, Clock::time_point dead
 // key again). Markers cross after each change, with the same wire check.
 absl::Status CheckRekey(KtlsCipher cipher, int kernel_fd, int openssl_fd, SSL* openssl, Secrets& secrets,
                         const KtlsSelfTestOptions& options, Clock::time_point deadline) {
-  auto advance = [&](bool tx, bool corrupt) -> absl::Status {
-    std::vector<uint8_t>& secret = tx ? secrets.client : secrets.server;
-    ASSIGN_OR_RETURN(std::vector<uint8_t> next, NextTrafficSecret(cipher, secret));
-    Wipe(secret);
-    secret = std::move(next);
-    if (!corrupt) return ReplaceKtlsKey(kernel_fd, tx, cipher, secret);
-    std::vector<uint8_t> wrong = secret;
-    wrong[0] ^= 0x5a;
-    absl::Status st = ReplaceKtlsKey(kernel_fd, tx, cipher, wrong);
-    Wipe(wrong);
-    return st;
-  };
+  // The kTLS end is the client: it sends under the client secret.
   auto send_key_update = [&](bool corrupt) -> absl::Status {
     if (KtlsSendKeyUpdate(kernel_fd, false) != 5) return ErrnoStatus(errno, "kTLS KeyUpdate send");
-    return advance(true, corrupt);
+    if (corrupt) secrets.client[0] ^= 0x5a;  // the next key derives from a wrong secret
+    return AdvanceKtlsKey(kernel_fd, true, cipher, secrets.client);
   };
   constexpr size_t kKeyUpdateRecord = 5 + 5 + 1 + 16;
   RETURN_IF_ERROR(send_key_update(options.corrupt_rekey));
@@ -244,7 +234,7 @@ absl::Status CheckRekey(KtlsCipher cipher, int kernel_fd, int openssl_fd, SSL* o
   auto follow = [&](std::span<const uint8_t> record) -> absl::Status {
     ASSIGN_OR_RETURN(bool requested, ParseKeyUpdate(record));
     if (!requested) return absl::InternalError("OpenSSL's KeyUpdate did not carry update_requested");
-    RETURN_IF_ERROR(advance(false, false));
+    RETURN_IF_ERROR(AdvanceKtlsKey(kernel_fd, false, cipher, secrets.server));
     followed = true;
     return send_key_update(false);
   };

@@ -148,6 +148,13 @@ void Relay::AbortFromAnyThread(FailureReason reason, std::string detail) {
   });
 }
 
+void Relay::FinishKeyUpdateFlood(const KeyLifetimeOptions& lifetime) {
+  GlobalKeyUpdateCounters().floods++;
+  Finish(FailureReason::kKeyUpdateFlood,
+         StrCat("peer sent KeyUpdates faster than ", lifetime.peer_key_updates_per_second, "/s (burst ",
+                lifetime.peer_key_update_burst, "), after ", key_usage_.rx_generation, " key update(s)"));
+}
+
 bool Relay::FailWithErrno(int saved_errno, std::string_view what) {
   Finish(saved_errno == ECONNRESET || saved_errno == EPIPE ? FailureReason::kPeerReset
                                                            : FailureReason::kIoError,

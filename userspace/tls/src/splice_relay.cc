@@ -223,15 +223,7 @@ class SpliceRelay final : public Relay {
     return SendGate::kGo;
   }
 
-  // Derives the direction's next traffic secret, installs its keys and wipes the old secret.
-  absl::Status AdvanceKey(bool tx) {
-    std::vector<uint8_t>& secret = tx ? tx_secret_ : rx_secret_;
-    ASSIGN_OR_RETURN(std::vector<uint8_t> next, NextTrafficSecret(cipher_, secret));
-    absl::Status installed = ReplaceKtlsKey(tunnel_fd(), tx, cipher_, next);
-    Wipe(secret);
-    secret = std::move(next);
-    return installed;
-  }
+  absl::Status AdvanceKey(bool tx) { return AdvanceKtlsKey(tunnel_fd(), tx, cipher_, tx ? tx_secret_ : rx_secret_); }
 
   // A peer that never replaces its key would run one key forever: past the limit it is asked to
   // (update_requested), once per key. Checked every few reads, which is cheap and close enough
@@ -261,10 +253,7 @@ class SpliceRelay final : public Relay {
     }
     GlobalKeyUpdateCounters().received++;
     if (!peer_updates_->TryTake()) {
-      GlobalKeyUpdateCounters().floods++;
-      Finish(FailureReason::kKeyUpdateFlood,
-             StrCat("peer sent KeyUpdates faster than ", lifetime_.peer_key_updates_per_second, "/s (burst ",
-                    lifetime_.peer_key_update_burst, "), after ", key_usage_.rx_generation, " key update(s)"));
+      FinishKeyUpdateFlood(lifetime_);
       return false;
     }
     // Until the next key is in, the kernel refuses reads (EKEYEXPIRED); nothing else runs between.

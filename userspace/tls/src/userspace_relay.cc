@@ -164,10 +164,7 @@ class UserspaceRelay final : public Relay {
   // After every SSL_read: a peer over its KeyUpdate budget is cut off.
   bool CheckKeyUpdateFlood() {
     if (!key_update_flood_) return true;
-    GlobalKeyUpdateCounters().floods++;
-    Finish(FailureReason::kKeyUpdateFlood,
-           StrCat("peer sent KeyUpdates faster than ", lifetime_.peer_key_updates_per_second, "/s (burst ",
-                  lifetime_.peer_key_update_burst, "), after ", key_usage_.rx_generation, " key update(s)"));
+    FinishKeyUpdateFlood(lifetime_);
     return false;
   }
 

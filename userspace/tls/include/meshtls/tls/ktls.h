@@ -79,10 +79,11 @@ ssize_t KtlsSendCloseNotify(int fd);
 // The next application traffic secret: HKDF-Expand-Label(secret, "traffic upd", "", Hash.length)
 // (RFC 8446 §7.2).
 absl::StatusOr<std::vector<uint8_t>> NextTrafficSecret(KtlsCipher cipher, std::span<const uint8_t> secret);
-// Installs the keys of `secret` for one direction of a kTLS socket that already has keys; the
-// record sequence restarts at 0. On the receiving side, reads fail with EKEYEXPIRED between the
-// peer's KeyUpdate and this call.
-absl::Status ReplaceKtlsKey(int fd, bool tx, KtlsCipher cipher, std::span<const uint8_t> secret);
+// Moves one direction of a kTLS socket that already has keys to the next generation: replaces
+// `secret` with NextTrafficSecret(secret) (the old one wiped) and installs its keys, the record
+// sequence restarting at 0. On the receiving side, reads fail with EKEYEXPIRED between the peer's
+// KeyUpdate and this call.
+absl::Status AdvanceKtlsKey(int fd, bool tx, KtlsCipher cipher, std::vector<uint8_t>& secret);
 // Sends a KeyUpdate handshake message (RFC 8446 §4.6.3) under the current sending key. The
 // caller installs the next sending key right after. -1 with errno on failure (EAGAIN: nothing sent).
 ssize_t KtlsSendKeyUpdate(int fd, bool request_peer_update);

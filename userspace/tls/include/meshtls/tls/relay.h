@@ -143,6 +143,8 @@ class Relay : public std::enable_shared_from_this<Relay> {
   // Finishes after a failed system call: a reset or broken pipe is kPeerReset, anything else
   // kIoError. Always returns false, so callers can `return FailWithErrno(...)`.
   bool FailWithErrno(int saved_errno, std::string_view what);
+  // Ends a connection whose peer went over its KeyUpdate budget (counted for metrics).
+  void FinishKeyUpdateFlood(const KeyLifetimeOptions& lifetime);
 
   // Readiness as last reported by epoll, cleared when an operation returns EAGAIN.
   bool plaintext_readable_ = true;
