@@ -585,6 +585,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "meshtls-agent: %s\n", std::string(st.message()).c_str());
     return 2;
   }
+  // Before any key or certificate is loaded (openssl_setup.h).
+  const meshtls::OpenSslSetup& openssl = meshtls::ConfigureOpenSsl(config->openssl_builtin_ec);
+  if (openssl.self_check_failed) {
+    spdlog::warn("OpenSSL built-in EC keys {}", openssl.detail);
+  } else {
+    spdlog::info("OpenSSL built-in EC keys {}", openssl.detail);
+  }
   ::signal(SIGPIPE, SIG_IGN);
   const sigset_t handled = meshtls::agent::HandledSignals();
   pthread_sigmask(SIG_BLOCK, &handled, nullptr);

@@ -6,6 +6,9 @@
 
 #include <algorithm>
 
+#include <openssl/crypto.h>
+
+#include "meshtls/common/openssl_setup.h"
 #include "meshtls/common/strings.h"
 
 namespace meshtls::agent {
@@ -61,6 +64,10 @@ v1::GetStatusResponse AgentInspection::Status() const {
   kernel->set_ktls_self_test(parts_.ktls_self_test);
   kernel->set_ktls_rekey(parts_.ktls.rekey);
   kernel->set_ktls_rekey_detail(parts_.ktls.rekey_detail);
+  kernel->set_openssl_version(OpenSSL_version(OPENSSL_VERSION));
+  const OpenSslSetup openssl = CurrentOpenSslSetup();
+  kernel->set_openssl_builtin_ec(openssl.builtin_ec_keys);
+  kernel->set_openssl_builtin_ec_detail(openssl.detail);
   for (tls::KtlsCipher cipher : {tls::KtlsCipher::kAes128Gcm, tls::KtlsCipher::kAes256Gcm, tls::KtlsCipher::kChacha20Poly1305}) {
     if (parts_.ktls.Supports(cipher)) kernel->add_ktls_ciphers(std::string(tls::KtlsCipherName(cipher)));
   }

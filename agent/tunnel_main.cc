@@ -24,6 +24,7 @@
 #include <sstream>
 #include <string>
 
+#include "meshtls/common/openssl_setup.h"
 #include "meshtls/common/event_loop.h"
 #include "meshtls/common/logging.h"
 #include "meshtls/common/status.h"
@@ -214,6 +215,8 @@ int Run(const Options& options) {
     spdlog::critical("{}", st.message());
     return 1;
   };
+  // As the agent does, before any key is loaded (openssl_setup.h).
+  spdlog::info("OpenSSL built-in EC keys {}", ConfigureOpenSsl(BuiltinEcKeys::kAuto).detail);
   tls::TlsContextOptions ctx_options;
   auto cert = ReadFile(options.cert, "--cert");
   auto key = ReadFile(options.key, "--key");

@@ -1,5 +1,7 @@
 // make bench-tls: handshake rate and relay throughput, written as one JSON object.
 //   bench_tls --handshakes N --bytes B --datapath ktls-splice|userspace-tls --label TEXT --out FILE
+//             --builtin-ec auto|off
+// --bytes 0 measures handshakes only (the relay figures are then 0 and relay_bytes says so).
 // Not a test: it asserts nothing about speed. Targets live in tests/bench/README.md.
 #include <sys/socket.h>
 #include <sys/utsname.h>
@@ -16,6 +18,7 @@
 
 #include "meshtls/tls/handshake_driver.h"
 #include "meshtls/tls/ktls.h"
+#include "meshtls/common/openssl_setup.h"
 #include "meshtls/tls/relay.h"
 #include "spdlog/spdlog.h"
 #include "testing/test_util.h"
@@ -191,6 +194,13 @@ int main(int argc, char** argv) {
   const std::string datapath_name = Arg(argc, argv, "--datapath", "userspace-tls");
   const std::string label = Arg(argc, argv, "--label", "host");
   const std::string out = Arg(argc, argv, "--out", "");
+  const std::string builtin_ec = Arg(argc, argv, "--builtin-ec", "auto");
+  if (builtin_ec != "auto" && builtin_ec != "off") {
+    fprintf(stderr, "bench_tls: --builtin-ec must be auto or off, not %s\n", builtin_ec.c_str());
+    return 2;
+  }
+  const OpenSslSetup& openssl = ConfigureOpenSsl(
+      builtin_ec == "off" ? BuiltinEcKeys::kOff : BuiltinEcKeys::kAuto);
   auto datapath = tls::ParseDatapath(datapath_name);
   if (!datapath.ok()) {
     fprintf(stderr, "bench_tls: %s\n", std::string(datapath.status().message()).c_str());
@@ -204,9 +214,13 @@ int main(int argc, char** argv) {
   uname(&uts);
   double hs_cpu = 0;
   const double hs_rate = handshakes > 0 ? HandshakesPerSecond(handshakes, &hs_cpu) : 0;
-  const RelayFigures relay = RelayThroughput(*datapath, bytes);
-  const RelayFigures single = SingleRelayThroughput(*datapath, bytes);
-  char json[2048];
+  RelayFigures relay{0, 0, true, ""};
+  RelayFigures single{0, 0, true, ""};
+  if (bytes > 0) {
+    relay = RelayThroughput(*datapath, bytes);
+    single = SingleRelayThroughput(*datapath, bytes);
+  }
+  char json[4096];
   snprintf(json, sizeof(json),
            "{\"label\": \"%s\", \"kernel\": \"%s\", \"datapath\": \"%s\", "
            "\"handshakes\": %d, \"handshakes_per_second_one_core\": %.1f, "
@@ -214,12 +228,14 @@ int main(int argc, char** argv) {
            "\"relay_gbit_per_s\": %.3f, \"relay_cpu_s_per_gb_both_ends\": %.3f, "
            "\"relay_ok\": %s, \"relay_error\": \"%s\", "
            "\"single_relay_gbit_per_s\": %.3f, \"single_relay_cpu_s_per_gb\": %.3f, "
-           "\"single_relay_ok\": %s, \"single_relay_error\": \"%s\"}",
+           "\"single_relay_ok\": %s, \"single_relay_error\": \"%s\", "
+           "\"builtin_ec_keys\": %s, \"builtin_ec_detail\": \"%s\"}",
            label.c_str(), uts.release, datapath_name.c_str(), handshakes, hs_rate,
            handshakes > 0 ? hs_cpu * 1000 / handshakes : 0.0, static_cast<unsigned long long>(bytes),
            relay.gbit_per_s, relay.relay_cpu_s_per_gb, relay.ok ? "true" : "false",
            relay.error.c_str(), single.gbit_per_s, single.relay_cpu_s_per_gb,
-           single.ok ? "true" : "false", single.error.c_str());
+           single.ok ? "true" : "false", single.error.c_str(),
+           openssl.builtin_ec_keys ? "true" : "false", openssl.detail.c_str());
   printf("%s\n", json);
   if (!out.empty()) std::ofstream(out) << json << "\n";
   return relay.ok && single.ok && (handshakes == 0 || hs_rate > 0) ? 0 : 1;

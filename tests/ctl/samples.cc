@@ -49,6 +49,9 @@ v1::GetStatusResponse SampleStatus() {
   k->set_ktls_self_test("TLS_AES_128_GCM_SHA256 passed; TLS_AES_256_GCM_SHA384 passed; TLS_CHACHA20_POLY1305_SHA256 passed");
   k->set_ktls_rekey(false);
   k->set_ktls_rekey_detail("no kTLS rekeying: setsockopt(TLS_TX) TLS_AES_128_GCM_SHA256: Device or resource busy");
+  k->set_openssl_version("OpenSSL 3.0.19 27 Jan 2026");
+  k->set_openssl_builtin_ec(true);
+  k->set_openssl_builtin_ec_detail("on: EC certificate keys are decoded and used by OpenSSL's built-in EC code (start-up check passed)");
   k->set_local_leg_shortcut(true);
   const struct {
     const char* name;

@@ -173,6 +173,7 @@ SslCtxPtr RawContext(const RawPeerOptions& options) {
   SSL_CTX_set_num_tickets(ctx.get(), 0);
   SSL_CTX_set_security_level(ctx.get(), 0);  // it must be able to present weak keys
   if (!options.cipher_suites.empty()) SSL_CTX_set_ciphersuites(ctx.get(), options.cipher_suites.c_str());
+  if (!options.groups.empty()) SSL_CTX_set1_groups_list(ctx.get(), options.groups.c_str());
   if (!options.identity.empty()) {
     if (SSL_CTX_use_certificate_chain_file(ctx.get(), CertPath(options.identity + ".crt").c_str()) != 1 ||
         SSL_CTX_use_PrivateKey_file(ctx.get(), CertPath(options.identity + ".key").c_str(),

@@ -78,6 +78,7 @@ struct RawPeerOptions {
   std::string alpn = "meshtls/1";  // empty: offer none
   int max_version = TLS1_3_VERSION;
   std::string cipher_suites;     // empty: OpenSSL's default TLS 1.3 list
+  std::string groups;            // key-share groups, e.g. "P-256"; empty: OpenSSL's default
 };
 SslCtxPtr RawContext(const RawPeerOptions& options);
 // Handshake on a blocking socket. Returns the SSL (nullptr on failure; `error` says why).

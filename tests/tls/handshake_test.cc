@@ -102,6 +102,45 @@ TEST(HandshakeTest, CapturesTrafficSecretsOnlyWhenAsked) {
   EXPECT_TRUE(server_secrets.client.empty());
 }
 
+// A peer without X25519 gets a P-256 key share (ECDH through the built-in EC code where that is
+// on, openssl_setup.h), both ways, and both ends still check identities.
+TEST(HandshakeTest, PeerOfferingOnlyP256KeyShare) {
+  RawPeerOptions raw;
+  raw.identity = "client";
+  raw.groups = "P-256";
+  {
+    LoopThread loop;
+    auto [client_fd, server_fd] = TcpPair();
+    auto server = Drive(loop, Context("server"), std::move(server_fd), ServerOptions());
+    auto raw_ctx = RawContext(raw);
+    std::string error;
+    auto raw_ssl = RawHandshake(raw_ctx.get(), client_fd.get(), /*client=*/true, &error);
+    ASSERT_NE(raw_ssl, nullptr) << error;
+    EXPECT_EQ(SSL_get_negotiated_group(raw_ssl.get()), NID_X9_62_prime256v1);
+    auto session = server.get();
+    ASSERT_TRUE(session->handshake_done()) << session->failure_detail();
+    EXPECT_EQ(*session->peer_id(), kClientId);
+  }
+  {
+    LoopThread loop;
+    auto [client_fd, server_fd] = TcpPair();
+    raw.identity = "server";
+    auto raw_ctx = RawContext(raw);
+    auto raw_server = std::async(std::launch::async, [&, fd = server_fd.get()] {
+      std::string error;
+      SslPtr ssl = RawHandshake(raw_ctx.get(), fd, /*client=*/false, &error);
+      const int group = ssl ? SSL_get_negotiated_group(ssl.get()) : 0;
+      return std::make_pair(group, error);
+    });
+    auto client = Drive(loop, Context("client"), std::move(client_fd), ClientOptions());
+    auto session = client.get();
+    ASSERT_TRUE(session->handshake_done()) << session->failure_detail();
+    EXPECT_EQ(*session->peer_id(), kServerId);
+    auto [group, error] = raw_server.get();
+    EXPECT_EQ(group, NID_X9_62_prime256v1) << error;
+  }
+}
+
 // Our server verifies a client presenting IDENTITY (via a plain OpenSSL client).
 struct ClientCertCase {
   std::string identity;

@@ -439,6 +439,7 @@ const std::vector<std::string_view> kTopLevelKeys = {"nodeName",
                                                      "logLevel",
                                                      "datapath",
                                                      "localLegShortcut",
+                                                     "opensslBuiltinEc",
                                                      "ports",
                                                      "metricsAddress",
                                                      "statusSocket",
@@ -505,6 +506,8 @@ absl::StatusOr<AgentConfig> ParseConfig(std::string_view yaml, std::string_view 
       ReadEnum(errors, e, &config.datapath, ParseDatapathChoice);
     } else if (k == "localLegShortcut") {
       ReadEnum(errors, e, &config.local_leg_shortcut, ParseLocalLegShortcut);
+    } else if (k == "opensslBuiltinEc") {
+      ReadEnum(errors, e, &config.openssl_builtin_ec, ParseBuiltinEcKeys);
     } else if (k == "ports") {
       ReadPorts(errors, e, &config.ports, &port_lines);
     } else if (k == "metricsAddress") {
@@ -659,6 +662,7 @@ std::string DumpConfig(const AgentConfig& c) {
   out << YAML::Key << "logLevel" << YAML::Value << std::string(Name(c.log_level));
   out << YAML::Key << "datapath" << YAML::Value << std::string(Name(c.datapath));
   out << YAML::Key << "localLegShortcut" << YAML::Value << std::string(Name(c.local_leg_shortcut));
+  out << YAML::Key << "opensslBuiltinEc" << YAML::Value << std::string(Name(c.openssl_builtin_ec));
   out << YAML::Key << "ports" << YAML::Value << YAML::BeginMap;
   for (const PortRef& p : kPorts) {
     out << YAML::Key << std::string(p.key) << YAML::Value

@@ -141,6 +141,10 @@ std::string RenderStatus(const v1::GetStatusResponse& s, const RenderOptions& op
     agent.Add("kTLS KeyUpdate", StrCat(k.ktls_rekey() ? "yes: " : "no: ", k.ktls_rekey_detail()));
   }
   agent.Add("Local-leg shortcut", k.local_leg_shortcut() ? "on" : "off");
+  if (!k.openssl_version().empty()) agent.Add("OpenSSL", k.openssl_version());
+  if (!k.openssl_builtin_ec_detail().empty()) {
+    agent.Add("Built-in EC keys", k.openssl_builtin_ec_detail());
+  }
   std::string out = agent.Render();
 
   StrAppend(&out, "\nServed workloads (", s.served_workloads_size(), "):\n");

@@ -1,5 +1,7 @@
 #include "meshtls/common/openssl.h"
 
+#include "meshtls/common/openssl_setup.h"
+
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -41,7 +43,7 @@ absl::StatusOr<EvpPkeyPtr> ParsePemPrivateKey(std::string_view pem) {
   if (!bio) return absl::ResourceExhaustedError("BIO_new_mem_buf failed");
   EvpPkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
   if (!key) return absl::InvalidArgumentError(StrCat("bad PEM private key: ", DrainOpenSslErrors()));
-  return key;
+  return AdaptPrivateKey(std::move(key));
 }
 
 void Wipe(std::vector<uint8_t>& bytes) {

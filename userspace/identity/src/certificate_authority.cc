@@ -38,7 +38,8 @@ constexpr char kIntermediateKey[] = "intermediate.key";
 constexpr char kTrustDomainFile[] = "trust-domain";
 
 absl::StatusOr<KeyPtr> NewKey() {
-  KeyPtr key(EVP_EC_gen("P-256"));
+  // P-256, by the name every OpenSSL 3 code path accepts (openssl_setup.h).
+  KeyPtr key(EVP_EC_gen("prime256v1"));
   if (!key) return absl::InternalError(StrCat("P-256 key generation failed: ", DrainOpenSslErrors()));
   return key;
 }
@@ -197,9 +198,8 @@ absl::StatusOr<X509Ptr> ParseOneCert(const std::string& pem, const std::string& 
 }
 
 absl::StatusOr<KeyPtr> ParseKey(const std::string& pem, const std::string& what) {
-  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  KeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
-  if (!key) return absl::InvalidArgumentError(StrCat(what, ": not a PEM private key (", DrainOpenSslErrors(), ")"));
+  absl::StatusOr<KeyPtr> key = ParsePemPrivateKey(pem);  // also adapts it (openssl_setup.h)
+  if (!key.ok()) return absl::InvalidArgumentError(StrCat(what, ": not a PEM private key (", key.status().message(), ")"));
   return key;
 }
 

@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "meshtls/common/ip_address.h"
+#include "meshtls/common/openssl_setup.h"
 
 namespace CLI {
 class App;
@@ -69,6 +70,8 @@ struct AgentConfig {
   LogLevel log_level = LogLevel::kInfo;
   DatapathChoice datapath = DatapathChoice::kAuto;
   LocalLegShortcut local_leg_shortcut = LocalLegShortcut::kAuto;
+  // OpenSSL's built-in EC code for certificate keys (openssl_setup.h): auto or off.
+  BuiltinEcKeys openssl_builtin_ec = BuiltinEcKeys::kAuto;
   Ports ports;
   IpAddress metrics_address = *IpAddress::Parse("127.0.0.1");
   std::string status_socket = "/run/meshtls/status.sock";
