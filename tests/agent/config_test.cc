@@ -46,6 +46,7 @@ TEST(AgentConfigTest, Defaults) {
   EXPECT_EQ(c.log_level, LogLevel::kInfo);
   EXPECT_EQ(c.datapath, DatapathChoice::kAuto);
   EXPECT_EQ(c.local_leg_shortcut, LocalLegShortcut::kAuto);
+  EXPECT_EQ(c.openssl_builtin_ec, BuiltinEcKeys::kAuto);
   EXPECT_EQ(c.ports, (Ports{15001, 15006, 15008, 15020, 15021}));
   EXPECT_EQ(c.metrics_address.ToString(), "127.0.0.1");
   EXPECT_EQ(c.status_socket, "/run/meshtls/status.sock");
@@ -100,6 +101,7 @@ TEST(AgentConfigTest, ParsesEveryField) {
       "bpfPinDir: /sys/fs/bpf/x\n"
       "leaveBpfAttachedOnExit: false\n"
       "workers: 8\n"
+      "opensslBuiltinEc: off\n"
       "drainTimeout: 1m30s\n"
       "handshakeTimeout: 250ms\n"
       "maxPendingHandshakes: 10\n"
@@ -117,6 +119,7 @@ TEST(AgentConfigTest, ParsesEveryField) {
   EXPECT_EQ(c->log_level, LogLevel::kDebug);
   EXPECT_EQ(c->datapath, DatapathChoice::kUserspaceTls);
   EXPECT_EQ(c->local_leg_shortcut, LocalLegShortcut::kOff);
+  EXPECT_EQ(c->openssl_builtin_ec, BuiltinEcKeys::kOff);
   EXPECT_EQ(c->ports, (Ports{1, 2, 3, 4, 65535}));
   EXPECT_EQ(c->metrics_address.ToString(), "::1");
   EXPECT_EQ(c->status_socket, "/tmp/s.sock");
@@ -297,6 +300,7 @@ TEST(AgentConfigTest, DumpConfigRoundTrips) {
   c.log_level = LogLevel::kOff;
   c.datapath = DatapathChoice::kKtlsSplice;
   c.local_leg_shortcut = LocalLegShortcut::kOn;
+  c.openssl_builtin_ec = BuiltinEcKeys::kOff;
   c.ports = Ports{1001, 1002, 1003, 1004, 1005};
   c.metrics_address = *IpAddress::Parse("fd00::20");
   c.leave_bpf_attached_on_exit = false;
@@ -390,23 +394,27 @@ TEST_F(FlagsTest, FlagsGivenWinOverTheFileAndOthersLeaveItAlone) {
   // The remaining flags, and relative paths taken from the current directory.
   AgentConfig c = Base();
   flags = Parse({"--policy-dir", "pol", "--workloads", "./w.yaml", "--trust-domain", "t.example",
-                 "--local-leg-shortcut", "off", "--status-socket", "/x/s.sock"});
+                 "--local-leg-shortcut", "off", "--status-socket", "/x/s.sock",
+                 "--openssl-builtin-ec", "off"});
   ASSERT_TRUE(ApplyOverrides(flags, &c).ok());
   EXPECT_EQ(c.policy_dir, (std::filesystem::current_path() / "pol").string());
   EXPECT_EQ(c.workloads, (std::filesystem::current_path() / "w.yaml").string());
   EXPECT_EQ(c.trust_domain, "t.example");
   EXPECT_EQ(c.local_leg_shortcut, LocalLegShortcut::kOff);
+  EXPECT_EQ(c.openssl_builtin_ec, BuiltinEcKeys::kOff);
   EXPECT_EQ(c.status_socket, "/x/s.sock");
 }
 
 TEST_F(FlagsTest, BadFlagsNameTheFlagAndChangeNothing) {
   AgentConfig c = Base();
   absl::Status s =
-      ApplyOverrides(Parse({"--log-level", "loud", "--workers", "many", "--state-dir", "/ok"}), &c);
+      ApplyOverrides(Parse({"--log-level", "loud", "--workers", "many", "--state-dir", "/ok",
+                            "--openssl-builtin-ec", "on"}), &c);
   ASSERT_FALSE(s.ok());
   EXPECT_CONTAINS(std::string(s.message()),
                   "--log-level: 'loud' is not one of trace|debug|info|warn|error|off");
   EXPECT_CONTAINS(std::string(s.message()), "--workers: 'many' is not a whole number");
+  EXPECT_CONTAINS(std::string(s.message()), "--openssl-builtin-ec: 'on' is not one of auto|off");
   EXPECT_EQ(c, Base());
 
   // Values that parse but are out of range fail in Validate(), through ResolveConfig.

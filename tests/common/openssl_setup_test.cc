@@ -87,7 +87,7 @@ TEST(OpenSslSetupTest, ModeNames) {
   EXPECT_EQ(Name(BuiltinEcKeys::kOff), "off");
   absl::StatusOr<BuiltinEcKeys> bad = ParseBuiltinEcKeys("on");
   ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.status().message(), "\"on\" is not auto or off");
+  EXPECT_EQ(bad.status().message(), "'on' is not one of auto|off");
 }
 
 }  // namespace

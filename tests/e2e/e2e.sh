@@ -853,8 +853,35 @@ test_key_update() {
   fi
 }
 
+# opensslBuiltinEc: by default (auto) certificate keys go through OpenSSL's built-in EC code where
+# that helps (OpenSSL 3.0 and 3.1); an agent set to off still meshes with one that uses it, both ways.
+test_openssl_builtin_ec() {
+  setup; mesh_mode STRICT
+  topo_start_agent 1 --datapath "$DATAPATH" --openssl-builtin-ec off || { fail "agent 1 did not start"; return; }
+  topo_start_agent 2 --datapath "$DATAPATH" || { fail "agent 2 did not start"; return; }
+  serve n2a 8080; serve n1a 8080
+  expect_eq "off -> auto: mesh traffic flows" n2a:one "$(send n1a 10.0.2.2 8080 one)"
+  expect_eq "auto -> off: mesh traffic flows" n1a:two "$(send n2a 10.0.1.2 8080 two)"
+  ctl 1 -o json status >"$TOPO_ROOT/status-1.json"
+  ctl 2 -o json status >"$TOPO_ROOT/status-2.json"
+  local field="d['kernel'].get('opensslBuiltinEc', d['kernel'].get('openssl_builtin_ec', False))"
+  local detail="d['kernel'].get('opensslBuiltinEcDetail', d['kernel'].get('openssl_builtin_ec_detail', ''))"
+  expect_eq "agent 1 (off): keys stay in the providers" "False off (opensslBuiltinEc: off)" \
+    "$(json_get "$TOPO_ROOT/status-1.json" "$field") $(json_get "$TOPO_ROOT/status-1.json" "$detail")"
+  expect_contains "agent 1 logs it" "$TOPO_ROOT/agent1.log" "OpenSSL built-in EC keys off (opensslBuiltinEc: off)"
+  if openssl version | grep -q '^OpenSSL 3\.[01]\.'; then
+    expect_eq "agent 2 (auto, $(openssl version | cut -d' ' -f1-2)): the built-in EC code" True "$(json_get "$TOPO_ROOT/status-2.json" "$field")"
+    expect_contains "agent 2 logs that its start-up check passed" "$TOPO_ROOT/agent2.log" \
+      "OpenSSL built-in EC keys on: EC certificate keys are decoded and used by OpenSSL's built-in EC code (start-up check passed)"
+  else
+    expect_contains "agent 2 (auto) says why not" "$TOPO_ROOT/agent2.log" "OpenSSL built-in EC keys not needed"
+  fi
+  expect_contains "agent 2 saw the client's identity" "$TOPO_ROOT/access-2.log" '"direction":"inbound".*"src_identity":"spiffe://cluster.local/ns/default/sa/sleep"'
+  expect_contains "and agent 1 the other way" "$TOPO_ROOT/access-1.log" '"direction":"inbound".*"src_identity":"spiffe://cluster.local/ns/default/sa/httpbin"'
+}
+
 if [[ $test_name == all ]]; then
-  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input lifecycle policy_change_closes_denied_connections workload_reload kubernetes inspection ktls_self_test key_update; do
+  for t in strict permissive_and_disable authorization identity_mismatch rotation_under_load restart bad_input lifecycle policy_change_closes_denied_connections workload_reload kubernetes inspection ktls_self_test key_update openssl_builtin_ec; do
     "$0" "$build" "$t" --datapath "$DATAPATH" || failures=$((failures + 1))
   done
   trap - EXIT

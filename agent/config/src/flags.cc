@@ -61,6 +61,8 @@ void AddFlags(CLI::App& app, FlagOverrides* flags) {
             "overrides datapath: auto|ktls-splice|userspace-tls");
   AddString(app, "--local-leg-shortcut", &flags->local_leg_shortcut,
             "overrides localLegShortcut: auto|on|off");
+  AddString(app, "--openssl-builtin-ec", &flags->openssl_builtin_ec,
+            "overrides opensslBuiltinEc: auto|off");
   AddString(app, "--workers", &flags->workers, "overrides workers (0: one per CPU)");
   AddString(app, "--status-socket", &flags->status_socket, "overrides statusSocket");
   app.add_flag("--print-config", flags->print_config,
@@ -84,6 +86,8 @@ absl::Status ApplyOverrides(const FlagOverrides& flags, AgentConfig* config) {
   add(SetEnum("--datapath", flags.datapath, &next.datapath, ParseDatapathChoice));
   add(SetEnum("--local-leg-shortcut", flags.local_leg_shortcut, &next.local_leg_shortcut,
               ParseLocalLegShortcut));
+  add(SetEnum("--openssl-builtin-ec", flags.openssl_builtin_ec, &next.openssl_builtin_ec,
+              ParseBuiltinEcKeys));
   if (flags.workers) {
     uint32_t workers = 0;
     const std::string& text = *flags.workers;

@@ -240,7 +240,7 @@ std::string_view Name(BuiltinEcKeys mode) { return mode == BuiltinEcKeys::kAuto 
 absl::StatusOr<BuiltinEcKeys> ParseBuiltinEcKeys(std::string_view name) {
   if (name == "auto") return BuiltinEcKeys::kAuto;
   if (name == "off") return BuiltinEcKeys::kOff;
-  return absl::InvalidArgumentError(StrCat("\"", name, "\" is not auto or off"));
+  return absl::InvalidArgumentError(StrCat("'", name, "' is not one of auto|off"));
 }
 
 absl::StatusOr<EvpPkeyPtr> AdaptPrivateKey(EvpPkeyPtr key) {

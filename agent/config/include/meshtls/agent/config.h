@@ -123,6 +123,7 @@ struct FlagOverrides {
   std::optional<std::string> log_level;
   std::optional<std::string> datapath;
   std::optional<std::string> local_leg_shortcut;
+  std::optional<std::string> openssl_builtin_ec;
   std::optional<std::string> workers;
   std::optional<std::string> status_socket;
   bool print_config = false;  // --print-config: print the final configuration and exit
