@@ -10,6 +10,7 @@
 #include <sstream>
 #include <string>
 
+#include "meshtls/common/openssl_setup.h"
 #include "meshtls/tls/session.h"
 #include "spdlog/spdlog.h"
 
@@ -39,6 +40,13 @@ std::shared_ptr<const meshtls::tls::TlsContext> MakeContext(const char* name) {
 }
 
 }  // namespace
+
+// As the agent runs: certificate keys through OpenSSL's built-in EC code (openssl_setup.h), so
+// the certificates a peer sends are decoded by the code that decodes them in production.
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  meshtls::ConfigureOpenSsl(meshtls::BuiltinEcKeys::kAuto);
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const auto server_ctx = MakeContext("server");
