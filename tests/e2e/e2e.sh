@@ -240,7 +240,8 @@ test_rotation_under_load() {
   for i in $(seq 28); do
     sleep 1
     total=$((total + 1))
-    [[ $(send n1a 10.0.2.2 8080 probe 2>/dev/null) == "n2a:probe" ]] && ok=$((ok + 1))
+    local answer; answer=$(send n1a 10.0.2.2 8080 probe 2>/dev/null)
+    [[ $answer == "n2a:probe" ]] && ok=$((ok + 1)) || echo "  probe $i at $((SECONDS - started)) s: $answer"
   done
   wait "$iperf"; local rc=$?
   expect_eq "iperf3 ran 30 s through rotations without a failure" 0 "$rc"
@@ -253,6 +254,8 @@ test_rotation_under_load() {
   # iperf3 itself ends its streams with a reset, so only the probes' connections are judged.
   failed=$(grep '"dst_addr":"10.0.2.2:8080"' "$TOPO_ROOT/access-1.log" | grep -c '"result":"error"' || true)
   expect_eq "no failed connections" 0 "$failed"
+  # The failures themselves, with their reasons (the log tails printed on failure may miss them).
+  [[ $failed == 0 ]] || grep '"result":"error"' "$TOPO_ROOT/access-1.log" "$TOPO_ROOT/access-2.log" | sed 's/^/  failed: /' 
   local rotations elapsed=$((SECONDS - started + 2))
   rotations=$(grep -c "svid issued for spiffe://cluster.local/ns/default/sa/httpbin" "$TOPO_ROOT/agent2.log" || true)
   # About one renewal per half-life (4-5 s with jitter): several, but not one per second. The
