@@ -71,8 +71,8 @@ serve() {  # POD PORT: an echo server answering "POD:<request>"
   for i in $(seq 50); do grep -q listening "$TOPO_ROOT/serve-$1-$2.log" && return 0; sleep 0.05; done
   fail "server $1:$2 did not start"
 }
-send() {  # FROM-POD HOST PORT TEXT -> prints the answer (or refused/reset/closed/timeout)
-  topo_run "$1" $NETCHECK send "$2" "$3" "$4" --timeout 5 2>&1 | tail -1
+send() {  # FROM-POD HOST PORT TEXT [TIMEOUT-S] -> prints the answer (or refused/reset/closed/timeout)
+  topo_run "$1" $NETCHECK send "$2" "$3" "$4" --timeout "${5:-5}" 2>&1 | tail -1
 }
 agents() { topo_start_agent 1 --datapath "$DATAPATH" "$@" && topo_start_agent 2 --datapath "$DATAPATH" "$@"; }
 capture_start() {  # records the node1<->node2 wire
@@ -240,7 +240,11 @@ test_rotation_under_load() {
   for i in $(seq 28); do
     sleep 1
     total=$((total + 1))
-    local answer; answer=$(send n1a 10.0.2.2 8080 probe 2>/dev/null)
+    # 20 s, not 5: the check is that no connection fails across rotations, and under TCG, with
+    # iperf3 saturating the emulated CPU, one handshake can take seconds. One probe failed once
+    # on 6.1 with a 5 s timeout (CI rehearsal, 2026-12-07; the cause is unconfirmed: the log tails
+    # did not reach it, so the failures are now printed below).
+    local answer; answer=$(send n1a 10.0.2.2 8080 probe 20 2>/dev/null)
     [[ $answer == "n2a:probe" ]] && ok=$((ok + 1)) || echo "  probe $i at $((SECONDS - started)) s: $answer"
   done
   wait "$iperf"; local rc=$?
