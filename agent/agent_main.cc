@@ -586,12 +586,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   // Before any key or certificate is loaded (openssl_setup.h).
-  const meshtls::OpenSslSetup& openssl = meshtls::ConfigureOpenSsl(config->openssl_builtin_ec);
-  if (openssl.self_check_failed) {
-    spdlog::warn("OpenSSL built-in EC keys {}", openssl.detail);
-  } else {
-    spdlog::info("OpenSSL built-in EC keys {}", openssl.detail);
-  }
+  meshtls::LogOpenSslSetup(meshtls::ConfigureOpenSsl(config->openssl_builtin_ec));
   ::signal(SIGPIPE, SIG_IGN);
   const sigset_t handled = meshtls::agent::HandledSignals();
   pthread_sigmask(SIG_BLOCK, &handled, nullptr);

@@ -216,7 +216,7 @@ int Run(const Options& options) {
     return 1;
   };
   // As the agent does, before any key is loaded (openssl_setup.h).
-  spdlog::info("OpenSSL built-in EC keys {}", ConfigureOpenSsl(BuiltinEcKeys::kAuto).detail);
+  LogOpenSslSetup(ConfigureOpenSsl(BuiltinEcKeys::kAuto));
   tls::TlsContextOptions ctx_options;
   auto cert = ReadFile(options.cert, "--cert");
   auto key = ReadFile(options.key, "--key");

@@ -72,6 +72,51 @@ double HandshakesPerSecond(int count, double* cpu_seconds) {
   return count / seconds;
 }
 
+// The same loop with libssl alone (no meshtls code): the ceiling this OpenSSL sets on the host.
+// `verify_chains` false skips chain verification entirely (an upper bound for any verified-chain
+// cache); true is stock OpenSSL, which verifies both chains on every handshake.
+double BareOpenSslHandshakesPerSecond(int count, bool verify_chains) {
+  testing::RawPeerOptions client_options;
+  client_options.identity = "client";
+  testing::RawPeerOptions server_options;
+  server_options.identity = "server";
+  auto client_ctx = testing::RawContext(client_options);
+  auto server_ctx = testing::RawContext(server_options);
+  for (SSL_CTX* ctx : {client_ctx.get(), server_ctx.get()}) {
+    SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+    SSL_CTX_set1_groups_list(ctx, "X25519:P-256");
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+    if (!verify_chains) SSL_CTX_set_cert_verify_callback(ctx, [](X509_STORE_CTX*, void*) { return 1; }, nullptr);
+  }
+  const auto t0 = Clock::now();
+  for (int i = 0; i < count; ++i) {
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds) != 0) return 0;
+    UniqueFd client_fd(fds[0]), server_fd(fds[1]);
+    SslPtr client(SSL_new(client_ctx.get())), server(SSL_new(server_ctx.get()));
+    SSL_set_fd(client.get(), client_fd.get());
+    SSL_set_fd(server.get(), server_fd.get());
+    SSL_set_connect_state(client.get());
+    SSL_set_accept_state(server.get());
+    bool client_done = false, server_done = false;
+    for (int step = 0; step < 32 && !(client_done && server_done); ++step) {
+      for (auto [ssl, done] : {std::pair{client.get(), &client_done}, std::pair{server.get(), &server_done}}) {
+        if (*done) continue;
+        const int rc = SSL_do_handshake(ssl);
+        if (rc == 1) {
+          *done = true;
+        } else if (const int error = SSL_get_error(ssl, rc);
+                   error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE) {
+          fprintf(stderr, "bench_tls: bare OpenSSL handshake failed: %s\n", DrainOpenSslErrors().c_str());
+          return 0;
+        }
+      }
+    }
+    if (!client_done || !server_done) return 0;
+  }
+  return count / std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
 struct RelayFigures {
   double gbit_per_s = 0;
   double relay_cpu_s_per_gb = 0;  // both relay ends together, loop threads only
@@ -194,13 +239,12 @@ int main(int argc, char** argv) {
   const std::string datapath_name = Arg(argc, argv, "--datapath", "userspace-tls");
   const std::string label = Arg(argc, argv, "--label", "host");
   const std::string out = Arg(argc, argv, "--out", "");
-  const std::string builtin_ec = Arg(argc, argv, "--builtin-ec", "auto");
-  if (builtin_ec != "auto" && builtin_ec != "off") {
-    fprintf(stderr, "bench_tls: --builtin-ec must be auto or off, not %s\n", builtin_ec.c_str());
+  const auto builtin_ec = ParseBuiltinEcKeys(Arg(argc, argv, "--builtin-ec", "auto"));
+  if (!builtin_ec.ok()) {
+    fprintf(stderr, "bench_tls: --builtin-ec: %s\n", std::string(builtin_ec.status().message()).c_str());
     return 2;
   }
-  const OpenSslSetup& openssl = ConfigureOpenSsl(
-      builtin_ec == "off" ? BuiltinEcKeys::kOff : BuiltinEcKeys::kAuto);
+  const OpenSslSetup& openssl = ConfigureOpenSsl(*builtin_ec);
   auto datapath = tls::ParseDatapath(datapath_name);
   if (!datapath.ok()) {
     fprintf(stderr, "bench_tls: %s\n", std::string(datapath.status().message()).c_str());
@@ -214,6 +258,8 @@ int main(int argc, char** argv) {
   uname(&uts);
   double hs_cpu = 0;
   const double hs_rate = handshakes > 0 ? HandshakesPerSecond(handshakes, &hs_cpu) : 0;
+  const double bare_unverified_rate = handshakes > 0 ? BareOpenSslHandshakesPerSecond(handshakes, false) : 0;
+  const double bare_stock_rate = handshakes > 0 ? BareOpenSslHandshakesPerSecond(handshakes, true) : 0;
   RelayFigures relay{0, 0, true, ""};
   RelayFigures single{0, 0, true, ""};
   if (bytes > 0) {
@@ -229,14 +275,17 @@ int main(int argc, char** argv) {
            "\"relay_ok\": %s, \"relay_error\": \"%s\", "
            "\"single_relay_gbit_per_s\": %.3f, \"single_relay_cpu_s_per_gb\": %.3f, "
            "\"single_relay_ok\": %s, \"single_relay_error\": \"%s\", "
-           "\"builtin_ec_keys\": %s, \"builtin_ec_detail\": \"%s\"}",
+           "\"builtin_ec_keys\": %s, \"builtin_ec_detail\": \"%s\", "
+           "\"bare_openssl_handshakes_per_second\": %.1f, "
+           "\"bare_openssl_no_chain_verify_handshakes_per_second\": %.1f}",
            label.c_str(), uts.release, datapath_name.c_str(), handshakes, hs_rate,
            handshakes > 0 ? hs_cpu * 1000 / handshakes : 0.0, static_cast<unsigned long long>(bytes),
            relay.gbit_per_s, relay.relay_cpu_s_per_gb, relay.ok ? "true" : "false",
            relay.error.c_str(), single.gbit_per_s, single.relay_cpu_s_per_gb,
            single.ok ? "true" : "false", single.error.c_str(),
-           openssl.builtin_ec_keys ? "true" : "false", openssl.detail.c_str());
+           openssl.builtin_ec_keys ? "true" : "false", openssl.detail.c_str(), bare_stock_rate,
+           bare_unverified_rate);
   printf("%s\n", json);
   if (!out.empty()) std::ofstream(out) << json << "\n";
-  return relay.ok && single.ok && (handshakes == 0 || hs_rate > 0) ? 0 : 1;
+  return relay.ok && single.ok && (handshakes == 0 || (hs_rate > 0 && bare_stock_rate > 0 && bare_unverified_rate > 0)) ? 0 : 1;
 }

@@ -8,9 +8,13 @@
 #include <openssl/x509.h>
 
 #include <cstdlib>
+#include <memory>
+#include <sstream>
 #include <string>
 
 #include "gtest/gtest.h"
+#include "spdlog/sinks/ostream_sink.h"
+#include "spdlog/spdlog.h"
 #include "testing/test_util.h"
 
 namespace meshtls {
@@ -88,6 +92,25 @@ TEST(OpenSslSetupTest, ModeNames) {
   absl::StatusOr<BuiltinEcKeys> bad = ParseBuiltinEcKeys("on");
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().message(), "'on' is not one of auto|off");
+}
+
+// The agent and meshtls-tunnel both log through this: a failed start-up check must be a warning.
+TEST(OpenSslSetupTest, AFailedStartUpCheckIsLoggedAsAWarning) {
+  std::ostringstream out;
+  auto logger = std::make_shared<spdlog::logger>(
+      "capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(out));
+  logger->set_pattern("%l %v");
+  logger->set_level(spdlog::level::trace);
+  const std::shared_ptr<spdlog::logger> previous = spdlog::default_logger();
+  spdlog::set_default_logger(logger);
+  LogOpenSslSetup({false, "off: the start-up check failed (forged signature verified)", true});
+  LogOpenSslSetup({true, "on: start-up check passed", false});
+  LogOpenSslSetup({false, "off: opensslBuiltinEc is off", false});
+  spdlog::set_default_logger(previous);
+  EXPECT_EQ(out.str(),
+            "warning OpenSSL built-in EC keys off: the start-up check failed (forged signature verified)\n"
+            "info OpenSSL built-in EC keys on: start-up check passed\n"
+            "info OpenSSL built-in EC keys off: opensslBuiltinEc is off\n");
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "meshtls/common/strings.h"
+#include "spdlog/spdlog.h"
 
 #if !defined(OPENSSL_NO_ENGINE) && !defined(OPENSSL_NO_DEPRECATED_3_0)
 #define MESHTLS_HAVE_ENGINE 1
@@ -228,6 +229,11 @@ const OpenSslSetup& ConfigureOpenSsl(BuiltinEcKeys mode) {
   static const OpenSslSetup setup = Apply(mode);  // thread-safe, once
   g_configured = true;
   return setup;
+}
+
+void LogOpenSslSetup(const OpenSslSetup& setup) {
+  spdlog::log(setup.self_check_failed ? spdlog::level::warn : spdlog::level::info,
+              "OpenSSL built-in EC keys {}", setup.detail);
 }
 
 OpenSslSetup CurrentOpenSslSetup() {

@@ -41,6 +41,10 @@ struct OpenSslSetup {
 // it stay provider keys, which the built-in EC code cannot sign certificates with.
 const OpenSslSetup& ConfigureOpenSsl(BuiltinEcKeys mode);
 
+// One log line for what ConfigureOpenSsl decided: a warning when auto was asked for and the
+// start-up check failed (the process runs, slower, in the providers), info otherwise.
+void LogOpenSslSetup(const OpenSslSetup& setup);
+
 // What is in effect; {false, "not configured"} before ConfigureOpenSsl.
 OpenSslSetup CurrentOpenSslSetup();
 
