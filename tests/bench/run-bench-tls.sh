@@ -2,6 +2,7 @@
 # make bench-tls: handshake rate and relay throughput, on the host and in the VM.
 # Writes tests/bench/results/tls.json (every run) and tls.md (medians, targets, verdicts).
 # usage: run-bench-tls.sh BUILD_DIR   (env: REPEAT=3 BYTES=4294967296 HANDSHAKES=3000)
+#        RENDER_ONLY=1 run-bench-tls.sh BUILD_DIR   rewrites tls.md from the runs in tls.json
 set -euo pipefail
 build=$(cd "${1:?usage: run-bench-tls.sh BUILD_DIR}" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,6 +25,13 @@ calibrate() {
     /ecdh \(X25519\)/ {x=$NF}
     END {printf "{\"calibration\": true, \"ecdsa_p256_sign_per_s\": %s, \"ecdsa_p256_verify_per_s\": %s, \"x25519_per_s\": %s}\n", sign, verify, x}'
 }
+if [[ "${RENDER_ONLY:-0}" == 1 ]]; then
+  /usr/bin/python3 -c 'import json, sys
+doc = json.load(open(sys.argv[1]))
+for r in doc["calibration"] + doc["runs"]: print(json.dumps(r))' "$out/tls.json" > "$runs"
+  generated=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["generated"])' "$out/tls.json")
+else
+generated=""
 echo "bench-tls: calibration (openssl speed)"
 calibrate | tee -a "$runs"
 echo "bench-tls: host, userspace-tls, $repeat runs ($handshakes handshakes, $((bytes >> 20)) MiB per relay run)"
@@ -45,13 +53,15 @@ for kernel in 6.12 newest; do
   done
 done
 
-/usr/bin/python3 - "$runs" "$out" <<'PY'
+fi
+
+/usr/bin/python3 - "$runs" "$out" "$generated" <<'PY'
 import json, os, statistics, sys, datetime, platform
 lines_in = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 calibrations = [r for r in lines_in if r.get("calibration")]
 runs = [r for r in lines_in if not r.get("calibration")]
 out = sys.argv[2]
-doc = {"generated": datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+doc = {"generated": sys.argv[3] or datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
        "machine": {"cpus": os.cpu_count(), "host_kernel": platform.release()},
        "calibration": calibrations, "runs": runs}
 json.dump(doc, open(os.path.join(out, "tls.json"), "w"), indent=2)
