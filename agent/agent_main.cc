@@ -107,7 +107,10 @@ class Agent {
     }
     identities_ = std::make_unique<tls::IdentityContexts>(*svids_, context_options);
 
-    ASSIGN_OR_RETURN(access_log_, proxy::AccessLog::Create(config_.access_log));
+    ASSIGN_OR_RETURN(access_log_, proxy::AccessLog::Create(
+                                  config_.access_log,
+                                  {static_cast<double>(config_.access_log_handshake_events_per_second),
+                                   static_cast<double>(config_.access_log_handshake_events_burst)}));
     observer_ = std::make_unique<AgentObserver>(metrics_, &events_, access_log_.get());
     ExportCaExpiry();
     ASSIGN_OR_RETURN(policies_, policy::PolicyStore::Create(

@@ -60,6 +60,8 @@ TEST(AgentConfigTest, Defaults) {
   EXPECT_EQ(c.max_connections, 65536u);
   EXPECT_EQ(c.svid_ttl, hours(24));
   EXPECT_EQ(c.access_log, "stdout");
+  EXPECT_EQ(c.access_log_handshake_events_per_second, 50u);
+  EXPECT_EQ(c.access_log_handshake_events_burst, 200u);
 
   ASSERT_EQ(setenv("NODE_NAME", "worker-7", 1), 0);
   EXPECT_EQ(AgentConfig::Defaults().node_name, "worker-7");
@@ -107,7 +109,9 @@ TEST(AgentConfigTest, ParsesEveryField) {
       "maxPendingHandshakes: 10\n"
       "maxConnections: 100\n"
       "svidTtl: 1.5h\n"
-      "accessLog: /var/log/meshtls/access.log\n",
+      "accessLog: /var/log/meshtls/access.log\n"
+      "accessLogHandshakeEventsPerSecond: 5\n"
+      "accessLogHandshakeEventsBurst: 1000000\n",
       "agent.yaml", Base());
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->node_name, "worker-2.example");
@@ -133,6 +137,8 @@ TEST(AgentConfigTest, ParsesEveryField) {
   EXPECT_EQ(c->max_connections, 100u);
   EXPECT_EQ(c->svid_ttl, minutes(90));
   EXPECT_EQ(c->access_log, "/var/log/meshtls/access.log");
+  EXPECT_EQ(c->access_log_handshake_events_per_second, 5u);
+  EXPECT_EQ(c->access_log_handshake_events_burst, 1'000'000u);
   EXPECT_TRUE(Validate(*c).ok()) << Validate(*c);
 
   // Keys not in the file keep the defaults passed in.
@@ -181,6 +187,12 @@ TEST(AgentConfigTest, EachErrorNamesTheLineAndTheKey) {
   EXPECT_CONTAINS(
       ErrorOf("accessLog: access.log\n"),
       "agent.yaml:1: accessLog 'access.log' is neither stdout, stderr, off nor an absolute path");
+  EXPECT_CONTAINS(ErrorOf("accessLogHandshakeEventsPerSecond: 0\n"),
+                  "agent.yaml:1: accessLogHandshakeEventsPerSecond is 0, less than 1");
+  EXPECT_CONTAINS(ErrorOf("accessLogHandshakeEventsBurst: 1000001\n"),
+                  "agent.yaml:1: accessLogHandshakeEventsBurst is 1000001, more than 1000000");
+  EXPECT_CONTAINS(ErrorOf("accessLogHandshakeEventsBurst: 2.5\n"),
+                  "agent.yaml:1: accessLogHandshakeEventsBurst must be a whole number, not '2.5'");
   EXPECT_CONTAINS(ErrorOf("stateDir:\nlogLevel: info\n"), "agent.yaml:1: stateDir has no value");
   EXPECT_CONTAINS(ErrorOf("stateDir: [/a, /b]\n"),
                   "agent.yaml:1: stateDir must be a single value, not a list");
@@ -278,6 +290,7 @@ TEST(AgentConfigTest, ValidateCatchesWhatOnlyTheFinalValuesShow) {
   c.state_dir = "relative";
   c.max_pending_handshakes = 100;
   c.max_connections = 10;
+  c.access_log_handshake_events_burst = 0;
   c.node_name = "";
   absl::Status s = Validate(c);
   ASSERT_FALSE(s.ok());
@@ -289,6 +302,7 @@ TEST(AgentConfigTest, ValidateCatchesWhatOnlyTheFinalValuesShow) {
   EXPECT_CONTAINS(m, "stateDir 'relative' is not an absolute path");
   EXPECT_CONTAINS(m, "maxPendingHandshakes (100) is more than maxConnections (10)");
   EXPECT_CONTAINS(m, "nodeName is empty");
+  EXPECT_CONTAINS(m, "accessLogHandshakeEventsBurst is 0");
 }
 
 TEST(AgentConfigTest, DumpConfigRoundTrips) {
@@ -309,6 +323,8 @@ TEST(AgentConfigTest, DumpConfigRoundTrips) {
   c.handshake_timeout = nanoseconds(1);
   c.svid_ttl = hours(1) + minutes(30);
   c.access_log = "off";
+  c.access_log_handshake_events_per_second = 7;
+  c.access_log_handshake_events_burst = 9;
   c.workload_source = WorkloadSourceKind::kKubernetes;
   c.kubernetes = KubernetesSettings{"/etc/kube/config", "example.com/mesh", false};
   c.ca_dir = "/etc/meshtls/ca";

@@ -305,9 +305,12 @@ test_restart() {
 
 test_bad_input() {
   setup; mesh_mode STRICT
-  # A short handshake deadline and a small pending-handshake limit, to see both act.
-  printf 'handshakeTimeout: 2s\nmaxPendingHandshakes: 800\n' >"$TOPO_ROOT/limits.yaml"
+  # A short handshake deadline, a small pending-handshake limit and a small budget for the access
+  # log's mtls_handshake lines, to see all three act.
+  printf 'handshakeTimeout: 2s\nmaxPendingHandshakes: 800\naccessLogHandshakeEventsBurst: 20\naccessLogHandshakeEventsPerSecond: 2\n' \
+    >"$TOPO_ROOT/limits.yaml"
   TOPO_EXTRA_CONFIG=$TOPO_ROOT/limits.yaml
+  local started; started=$(date +%s)
   agents || { fail "the agents did not start"; return; }
   serve n2a 8080
   /usr/bin/python3 "$here/bad_input.py" 10.0.2.2 15008 --netns "$(topo_ns out)" >"$TOPO_ROOT/bad.log" 2>&1 &
@@ -323,6 +326,18 @@ test_bad_input() {
   expect_contains "failed handshakes get mtls_handshake event lines" "$TOPO_ROOT/access-2.log" \
     '"event":"mtls_handshake","failure_reason":"handshake_timeout".*"result":"failure"'
   expect_contains "the pending-handshake limit is logged" "$TOPO_ROOT/agent2.log" 'limit maxPendingHandshakes'
+  # Hundreds of handshakes timed out; the log holds at most the configured burst plus the rate
+  # times the agent's age, and the rest are counted.
+  local lines allowed suppressed
+  lines=$(grep -c '"event":"mtls_handshake"' "$TOPO_ROOT/access-2.log")
+  allowed=$((20 + 2 * ($(date +%s) - started + 1)))
+  scrape "$(topo_metrics_port 2)" /metrics | tail -n +2 >"$TOPO_ROOT/bad-metrics.prom"
+  suppressed=$(metric_sum "$TOPO_ROOT/bad-metrics.prom" meshtls_handshake_events_suppressed_total)
+  if [[ $lines -le $allowed && $suppressed -gt 0 ]]; then
+    pass "the handshake event budget held: $lines lines (at most $allowed), $suppressed counted instead"
+  else
+    fail "the handshake event budget: $lines mtls_handshake lines (at most $allowed allowed), $suppressed suppressed"
+  fi
   local rss; rss=$(awk '/VmRSS/ {print $2}' "/proc/${TOPO_AGENT_PIDS[2]}/status")
   [[ $rss -lt 200000 ]] && pass "agent memory stayed bounded (${rss} KiB RSS)" || fail "agent RSS ${rss} KiB"
   expect_eq "real traffic after the flood" "n2a:after" "$(send n1a 10.0.2.2 8080 after)"

@@ -455,7 +455,9 @@ const std::vector<std::string_view> kTopLevelKeys = {"nodeName",
                                                      "peerKeyUpdateBurst",
                                                      "peerKeyUpdatesPerMinute",
                                                      "svidTtl",
-                                                     "accessLog"};
+                                                     "accessLog",
+                                                     "accessLogHandshakeEventsPerSecond",
+                                                     "accessLogHandshakeEventsBurst"};
 
 }  // namespace
 
@@ -553,6 +555,12 @@ absl::StatusOr<AgentConfig> ParseConfig(std::string_view yaml, std::string_view 
       ReadDuration(errors, e, &config.svid_ttl, "24h");
     } else if (k == "accessLog") {
       ReadString(errors, e, &config.access_log, "stdout", CheckAccessLog);
+    } else if (k == "accessLogHandshakeEventsPerSecond") {
+      if (auto v = ReadInt<uint32_t>(errors, e, 1, 1'000'000, "50")) {
+        config.access_log_handshake_events_per_second = *v;
+      }
+    } else if (k == "accessLogHandshakeEventsBurst") {
+      if (auto v = ReadInt<uint32_t>(errors, e, 1, 1'000'000, "200")) config.access_log_handshake_events_burst = *v;
     } else {
       UnknownKey(errors, e, k, kTopLevelKeys, "");
     }
@@ -622,6 +630,8 @@ absl::Status Validate(const AgentConfig& c) {
   add(Positive("svidTtl", c.svid_ttl));
   add(AtLeastOne("maxPendingHandshakes", c.max_pending_handshakes));
   add(AtLeastOne("maxConnections", c.max_connections));
+  add(AtLeastOne("accessLogHandshakeEventsPerSecond", c.access_log_handshake_events_per_second));
+  add(AtLeastOne("accessLogHandshakeEventsBurst", c.access_log_handshake_events_burst));
   if (c.max_pending_handshakes > c.max_connections) {
     problems.push_back(StrCat("maxPendingHandshakes (", c.max_pending_handshakes,
                               ") is more than maxConnections (", c.max_connections,
@@ -684,6 +694,9 @@ std::string DumpConfig(const AgentConfig& c) {
   out << YAML::Key << "peerKeyUpdatesPerMinute" << YAML::Value << c.peer_key_updates_per_minute;
   out << YAML::Key << "svidTtl" << YAML::Value << FormatDuration(c.svid_ttl);
   out << YAML::Key << "accessLog" << YAML::Value << c.access_log;
+  out << YAML::Key << "accessLogHandshakeEventsPerSecond" << YAML::Value
+      << c.access_log_handshake_events_per_second;
+  out << YAML::Key << "accessLogHandshakeEventsBurst" << YAML::Value << c.access_log_handshake_events_burst;
   out << YAML::EndMap;
   return StrCat(out.c_str(), "\n");
 }

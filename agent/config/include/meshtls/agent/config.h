@@ -92,6 +92,10 @@ struct AgentConfig {
   uint32_t peer_key_updates_per_minute = 60;
   std::chrono::nanoseconds svid_ttl = std::chrono::hours(24);
   std::string access_log = "stdout";  // stdout | stderr | off | an absolute file path
+  // The access log's mtls_handshake lines: a burst, then per second. A flood of failing
+  // handshakes (a scanner, a peer with the wrong CA) is counted, not written line by line.
+  uint32_t access_log_handshake_events_per_second = 50;
+  uint32_t access_log_handshake_events_burst = 200;
 
   // The built-in defaults plus the node name from the environment.
   static AgentConfig Defaults();
