@@ -129,6 +129,19 @@ if host:
         off = med(provider, "handshakes_per_second_one_core")[0]
         lines += ["", f"Built-in EC keys (`opensslBuiltinEc: auto`, the default): {hs:.0f}/s against {off:.0f}/s with `off` "
                   f"({hs / off:.2f}×), runs interleaved."]
+    if host and all(r.get("stock_openssl_relay_ok") for r in host):
+        stock = med(host, "stock_openssl_relay_gbit_per_s")[0]
+        relay_scaled = 7 * stock / 7.3
+        lines += ["", "## The relay target at this machine's speed", "",
+                  "The relay target (≥ 7 Gbit/s) was set against a stock OpenSSL relay that did 7.3 Gbit/s here. The same "
+                  "run measures that baseline: the single-relay shape with a plain blocking relay in our relay's place "
+                  "(`recv()` 16 KiB, `SSL_write()` it, no meshtls code).", "",
+                  "| relay, one stream | Gbit/s | CPU-s/GB (relay thread) |", "|---|---|---|",
+                  f"| meshtls `userspace-tls` (single relay) | {cell(host, 'single_relay_gbit_per_s')} | {cell(host, 'single_relay_cpu_s_per_gb')} |",
+                  f"| stock OpenSSL relay | {cell(host, 'stock_openssl_relay_gbit_per_s')} | {cell(host, 'stock_openssl_relay_cpu_s_per_gb')} |",
+                  "", "| target scaled to this run's stock relay | measured | verdict |", "|---|---|---|",
+                  f"| ≥ 7 × {stock:.2f} / 7.3 = {relay_scaled:.2f} Gbit/s | {single:.2f} Gbit/s ({single / stock:.2f}× the stock relay) | "
+                  f"{verdict(single, relay_scaled)} |"]
     if host and all("bare_openssl_handshakes_per_second" in r for r in host):
         lines += ["", "## The same loop with libssl alone (this OpenSSL's ceiling)", "",
                   "The same two-ends-one-thread loop, the same certificates, groups and TLS 1.3 settings, with no meshtls "
