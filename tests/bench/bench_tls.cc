@@ -72,16 +72,19 @@ double HandshakesPerSecond(int count, double* cpu_seconds) {
   return count / seconds;
 }
 
+// A plain OpenSSL end (no meshtls code) presenting the test certificate NAME.crt.
+SslCtxPtr RawPeer(const std::string& identity) {
+  testing::RawPeerOptions options;
+  options.identity = identity;
+  return testing::RawContext(options);
+}
+
 // The same loop with libssl alone (no meshtls code): the ceiling this OpenSSL sets on the host.
 // `verify_chains` false skips chain verification entirely (an upper bound for any verified-chain
 // cache); true is stock OpenSSL, which verifies both chains on every handshake.
 double BareOpenSslHandshakesPerSecond(int count, bool verify_chains) {
-  testing::RawPeerOptions client_options;
-  client_options.identity = "client";
-  testing::RawPeerOptions server_options;
-  server_options.identity = "server";
-  auto client_ctx = testing::RawContext(client_options);
-  auto server_ctx = testing::RawContext(server_options);
+  auto client_ctx = RawPeer("client");
+  auto server_ctx = RawPeer("server");
   for (SSL_CTX* ctx : {client_ctx.get(), server_ctx.get()}) {
     SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
     SSL_CTX_set1_groups_list(ctx, "X25519:P-256");
@@ -158,6 +161,41 @@ RelayFigures RelayThroughput(tls::Datapath datapath, uint64_t bytes) {
   return figures;
 }
 
+// One encrypting relay's measurement: a thread sends `bytes` of plaintext into `app_fd` (then FIN)
+// while this thread reads them back through `reader`, a plain OpenSSL end that decrypts.
+struct Pumped {
+  uint64_t received = 0;
+  double seconds = 0;
+};
+Pumped PumpThroughRelay(int app_fd, SSL* reader, uint64_t bytes) {
+  const auto t0 = Clock::now();
+  std::thread writer([&] {
+    std::vector<char> buf(256 * 1024, 'x');
+    uint64_t sent = 0;
+    while (sent < bytes) {
+      const ssize_t n = ::send(app_fd, buf.data(), std::min<uint64_t>(buf.size(), bytes - sent), MSG_NOSIGNAL);
+      if (n <= 0) break;
+      sent += static_cast<uint64_t>(n);
+    }
+    ::shutdown(app_fd, SHUT_WR);
+  });
+  std::vector<char> buf(256 * 1024);
+  Pumped pumped;
+  for (int n; (n = SSL_read(reader, buf.data(), static_cast<int>(buf.size()))) > 0;) {
+    pumped.received += static_cast<uint64_t>(n);
+  }
+  pumped.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  writer.join();
+  return pumped;
+}
+
+void Record(RelayFigures& figures, const Pumped& pumped, uint64_t bytes, double relay_cpu_seconds) {
+  figures.ok = pumped.received == bytes;
+  if (!figures.ok) figures.error = "received " + std::to_string(pumped.received) + " of " + std::to_string(bytes);
+  figures.gbit_per_s = static_cast<double>(pumped.received) * 8 / pumped.seconds / 1e9;
+  figures.relay_cpu_s_per_gb = relay_cpu_seconds / (static_cast<double>(pumped.received) / 1e9);
+}
+
 // One encrypting relay, as the stock "OpenSSL relay" baseline is measured: a plaintext sender ->
 // our relay (userspace-tls or ktls-splice) -> a plain OpenSSL reader that decrypts.
 RelayFigures SingleRelayThroughput(tls::Datapath datapath, uint64_t bytes) {
@@ -194,32 +232,12 @@ RelayFigures SingleRelayThroughput(tls::Datapath datapath, uint64_t bytes) {
   });
   if (!figures.error.empty()) return figures;
   const double cpu0 = loop.CpuSeconds();
-  const auto t0 = Clock::now();
-  std::thread writer([&] {
-    std::vector<char> buf(256 * 1024, 'x');
-    uint64_t sent = 0;
-    while (sent < bytes) {
-      const ssize_t n = ::send(app_client.get(), buf.data(), std::min<uint64_t>(buf.size(), bytes - sent), MSG_NOSIGNAL);
-      if (n <= 0) break;
-      sent += static_cast<uint64_t>(n);
-    }
-    ::shutdown(app_client.get(), SHUT_WR);
-  });
-  std::vector<char> buf(256 * 1024);
-  uint64_t received = 0;
-  for (int n; (n = SSL_read(reader.get(), buf.data(), static_cast<int>(buf.size()))) > 0;) {
-    received += static_cast<uint64_t>(n);
-  }
-  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  writer.join();
+  const Pumped pumped = PumpThroughRelay(app_client.get(), reader.get(), bytes);
   const double cpu = loop.CpuSeconds() - cpu0;
   SSL_shutdown(reader.get());
   ::shutdown(reader_fd.get(), SHUT_WR);
   closed.get_future().wait_for(std::chrono::seconds(10));
-  figures.ok = received == bytes;
-  if (!figures.ok) figures.error = "received " + std::to_string(received) + " of " + std::to_string(bytes);
-  figures.gbit_per_s = static_cast<double>(received) * 8 / seconds / 1e9;
-  figures.relay_cpu_s_per_gb = cpu / (static_cast<double>(received) / 1e9);
+  Record(figures, pumped, bytes, cpu);
   return figures;
 }
 
@@ -230,12 +248,8 @@ RelayFigures StockOpenSslRelayThroughput(uint64_t bytes) {
   RelayFigures figures;
   auto [app_client, relay_plain] = testing::TcpPair();
   auto [relay_tunnel, reader_fd] = testing::TcpPair();
-  testing::RawPeerOptions server_options;
-  server_options.identity = "server";
-  testing::RawPeerOptions client_options;
-  client_options.identity = "client";
-  auto server_ctx = testing::RawContext(server_options);
-  auto client_ctx = testing::RawContext(client_options);
+  auto server_ctx = RawPeer("server");
+  auto client_ctx = RawPeer("client");
   SslPtr reader;
   std::thread accept([&] { reader = testing::RawHandshake(server_ctx.get(), reader_fd.get(), false); });
   SslPtr relay = testing::RawHandshake(client_ctx.get(), relay_tunnel.get(), true, &figures.error);
@@ -245,7 +259,6 @@ RelayFigures StockOpenSslRelayThroughput(uint64_t bytes) {
     return figures;
   }
   double relay_cpu = 0;
-  const auto t0 = Clock::now();
   std::thread relay_thread([&, ssl = relay.get(), plain = relay_plain.get()] {
     const double cpu0 = ThreadCpu();
     std::vector<char> buf(16 * 1024);
@@ -255,28 +268,9 @@ RelayFigures StockOpenSslRelayThroughput(uint64_t bytes) {
     SSL_shutdown(ssl);
     relay_cpu = ThreadCpu() - cpu0;
   });
-  std::thread writer([&] {
-    std::vector<char> buf(256 * 1024, 'x');
-    uint64_t sent = 0;
-    while (sent < bytes) {
-      const ssize_t n = ::send(app_client.get(), buf.data(), std::min<uint64_t>(buf.size(), bytes - sent), MSG_NOSIGNAL);
-      if (n <= 0) break;
-      sent += static_cast<uint64_t>(n);
-    }
-    ::shutdown(app_client.get(), SHUT_WR);
-  });
-  std::vector<char> buf(256 * 1024);
-  uint64_t received = 0;
-  for (int n; (n = SSL_read(reader.get(), buf.data(), static_cast<int>(buf.size()))) > 0;) {
-    received += static_cast<uint64_t>(n);
-  }
-  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  writer.join();
+  const Pumped pumped = PumpThroughRelay(app_client.get(), reader.get(), bytes);
   relay_thread.join();
-  figures.ok = received == bytes;
-  if (!figures.ok) figures.error = "received " + std::to_string(received) + " of " + std::to_string(bytes);
-  figures.gbit_per_s = static_cast<double>(received) * 8 / seconds / 1e9;
-  figures.relay_cpu_s_per_gb = relay_cpu / (static_cast<double>(received) / 1e9);
+  Record(figures, pumped, bytes, relay_cpu);
   return figures;
 }
 
