@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include <functional>
 #include <future>
 
 #include "meshtls/tls/handshake_driver.h"
@@ -34,6 +35,23 @@ double ThreadCpu() {
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
+// Steps a client and a server in turn from one thread until both are done: false if either fails
+// or they are not done after 32 rounds. Each step returns the end's HandshakeProgress.
+bool StepBothEnds(const std::function<tls::HandshakeProgress()>& client,
+                  const std::function<tls::HandshakeProgress()>& server) {
+  bool done[2] = {false, false};
+  const std::function<tls::HandshakeProgress()>* steps[2] = {&client, &server};
+  for (int round = 0; round < 32 && !(done[0] && done[1]); ++round) {
+    for (int end = 0; end < 2; ++end) {
+      if (done[end]) continue;
+      const tls::HandshakeProgress progress = (*steps[end])();
+      if (progress == tls::HandshakeProgress::kFailed) return false;
+      done[end] = progress == tls::HandshakeProgress::kDone;
+    }
+  }
+  return done[0] && done[1];
+}
+
 // Full mutual handshakes, both ends in this thread over a socketpair: the engine's real code path
 // (TlsContext, TlsSession, verification with SPIFFE checks), no event loop, one core.
 double HandshakesPerSecond(int count, double* cpu_seconds) {
@@ -52,20 +70,7 @@ double HandshakesPerSecond(int count, double* cpu_seconds) {
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) return 0;
     auto client = tls::TlsSession::Create(client_ctx, UniqueFd(fds[0]), client_options);
     auto server = tls::TlsSession::Create(server_ctx, UniqueFd(fds[1]), server_options);
-    bool client_done = false, server_done = false;
-    for (int step = 0; step < 32 && !(client_done && server_done); ++step) {
-      if (!client_done) {
-        auto p = (*client)->Advance();
-        if (p == tls::HandshakeProgress::kFailed) return 0;
-        client_done = p == tls::HandshakeProgress::kDone;
-      }
-      if (!server_done) {
-        auto p = (*server)->Advance();
-        if (p == tls::HandshakeProgress::kFailed) return 0;
-        server_done = p == tls::HandshakeProgress::kDone;
-      }
-    }
-    if (!client_done || !server_done) return 0;
+    if (!StepBothEnds([&] { return (*client)->Advance(); }, [&] { return (*server)->Advance(); })) return 0;
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   *cpu_seconds = ThreadCpu() - cpu0;
@@ -101,21 +106,15 @@ double BareOpenSslHandshakesPerSecond(int count, bool verify_chains) {
     SSL_set_fd(server.get(), server_fd.get());
     SSL_set_connect_state(client.get());
     SSL_set_accept_state(server.get());
-    bool client_done = false, server_done = false;
-    for (int step = 0; step < 32 && !(client_done && server_done); ++step) {
-      for (auto [ssl, done] : {std::pair{client.get(), &client_done}, std::pair{server.get(), &server_done}}) {
-        if (*done) continue;
-        const int rc = SSL_do_handshake(ssl);
-        if (rc == 1) {
-          *done = true;
-        } else if (const int error = SSL_get_error(ssl, rc);
-                   error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE) {
-          fprintf(stderr, "bench_tls: bare OpenSSL handshake failed: %s\n", DrainOpenSslErrors().c_str());
-          return 0;
-        }
-      }
-    }
-    if (!client_done || !server_done) return 0;
+    auto step = [](SSL* ssl) {
+      const int rc = SSL_do_handshake(ssl);
+      if (rc == 1) return tls::HandshakeProgress::kDone;
+      const int error = SSL_get_error(ssl, rc);
+      if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) return tls::HandshakeProgress::kWantRead;
+      fprintf(stderr, "bench_tls: bare OpenSSL handshake failed: %s\n", DrainOpenSslErrors().c_str());
+      return tls::HandshakeProgress::kFailed;
+    };
+    if (!StepBothEnds([&] { return step(client.get()); }, [&] { return step(server.get()); })) return 0;
   }
   return count / std::chrono::duration<double>(Clock::now() - t0).count();
 }

@@ -259,7 +259,7 @@ test_rotation_under_load() {
   failed=$(grep '"dst_addr":"10.0.2.2:8080"' "$TOPO_ROOT/access-1.log" | grep -c '"result":"error"' || true)
   expect_eq "no failed connections" 0 "$failed"
   # The failures themselves, with their reasons (the log tails printed on failure may miss them).
-  [[ $failed == 0 ]] || grep '"result":"error"' "$TOPO_ROOT/access-1.log" "$TOPO_ROOT/access-2.log" | sed 's/^/  failed: /' 
+  [[ $failed == 0 ]] || grep '"result":"error"' "$TOPO_ROOT/access-1.log" "$TOPO_ROOT/access-2.log" | sed 's/^/  failed: /'
   local rotations elapsed=$((SECONDS - started + 2))
   rotations=$(grep -c "svid issued for spiffe://cluster.local/ns/default/sa/httpbin" "$TOPO_ROOT/agent2.log" || true)
   # About one renewal per half-life (4-5 s with jitter): several, but not one per second. The
