@@ -15,6 +15,8 @@
 #include "meshtls/agent/config.h"
 #include "meshtls/common/event_loop.h"
 #include "meshtls/common/logging.h"
+#include "meshtls/common/malloc_tuning.h"
+#include "meshtls/common/openssl_setup.h"
 #include "meshtls/common/status.h"
 #include "meshtls/common/strings.h"
 #include "meshtls/datapath/cgroup_steering.h"
@@ -571,6 +573,8 @@ class Agent {
 }  // namespace meshtls::agent
 
 int main(int argc, char** argv) {
+  // First, before any thread: it may execute the agent again with glibc tuned (malloc_tuning.h).
+  const meshtls::MallocTuning malloc_tuning = meshtls::TuneMallocOrReexec(argv);
   CLI::App app{"meshtls-agent: the per-node mTLS agent (sidecar-less, eBPF steering, kTLS)"};
   meshtls::agent::FlagOverrides flags;
   meshtls::agent::AddFlags(app, &flags);
@@ -588,6 +592,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "meshtls-agent: %s\n", std::string(st.message()).c_str());
     return 2;
   }
+  meshtls::LogMallocTuning(malloc_tuning);
   // Before any key or certificate is loaded (openssl_setup.h).
   meshtls::LogOpenSslSetup(meshtls::ConfigureOpenSsl(config->openssl_builtin_ec));
   ::signal(SIGPIPE, SIG_IGN);

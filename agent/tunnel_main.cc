@@ -24,9 +24,10 @@
 #include <sstream>
 #include <string>
 
-#include "meshtls/common/openssl_setup.h"
 #include "meshtls/common/event_loop.h"
 #include "meshtls/common/logging.h"
+#include "meshtls/common/malloc_tuning.h"
+#include "meshtls/common/openssl_setup.h"
 #include "meshtls/common/status.h"
 #include "meshtls/common/strings.h"
 #include "meshtls/tls/handshake_driver.h"
@@ -39,6 +40,7 @@ namespace {
 
 struct Options {
   std::string mode;
+  MallocTuning malloc_tuning;
   std::string listen;
   std::string connect;  // client: the server end
   std::string forward;  // server: the plaintext backend
@@ -215,6 +217,7 @@ int Run(const Options& options) {
     spdlog::critical("{}", st.message());
     return 1;
   };
+  LogMallocTuning(options.malloc_tuning);
   // As the agent does, before any key is loaded (openssl_setup.h).
   LogOpenSslSetup(ConfigureOpenSsl(BuiltinEcKeys::kAuto));
   tls::TlsContextOptions ctx_options;
@@ -254,6 +257,8 @@ int Run(const Options& options) {
 
 int main(int argc, char** argv) {
   meshtls::Options options;
+  // As the agent does, first (malloc_tuning.h).
+  options.malloc_tuning = meshtls::TuneMallocOrReexec(argv);
   CLI::App app{"meshtls-tunnel: one end of a mutual-TLS 1.3 tunnel with SPIFFE identities"};
   app.require_subcommand(1);
   auto add_common = [&](CLI::App* sub) {

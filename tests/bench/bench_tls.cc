@@ -19,6 +19,7 @@
 
 #include "meshtls/tls/handshake_driver.h"
 #include "meshtls/tls/ktls.h"
+#include "meshtls/common/malloc_tuning.h"
 #include "meshtls/common/openssl_setup.h"
 #include "meshtls/tls/relay.h"
 #include "spdlog/spdlog.h"
@@ -283,6 +284,8 @@ std::string Arg(int argc, char** argv, const std::string& name, const std::strin
 }  // namespace
 
 int main(int argc, char** argv) {
+  // As the agent runs (malloc_tuning.h); GLIBC_TUNABLES=glibc.malloc.tcache_count=7 measures glibc's default.
+  const MallocTuning malloc_tuning = TuneMallocOrReexec(argv);
   spdlog::set_level(spdlog::level::warn);
   const int handshakes = std::stoi(Arg(argc, argv, "--handshakes", "3000"));
   const uint64_t bytes = std::stoull(Arg(argc, argv, "--bytes", std::to_string(4ULL << 30)));
@@ -331,7 +334,8 @@ int main(int argc, char** argv) {
            "\"bare_openssl_handshakes_per_second\": %.1f, "
            "\"bare_openssl_no_chain_verify_handshakes_per_second\": %.1f, "
            "\"stock_openssl_relay_gbit_per_s\": %.3f, \"stock_openssl_relay_cpu_s_per_gb\": %.3f, "
-           "\"stock_openssl_relay_ok\": %s, \"stock_openssl_relay_error\": \"%s\"}",
+           "\"stock_openssl_relay_ok\": %s, \"stock_openssl_relay_error\": \"%s\", "
+           "\"malloc_tuning\": \"%s\"}",
            label.c_str(), uts.release, datapath_name.c_str(), handshakes, hs_rate,
            handshakes > 0 ? hs_cpu * 1000 / handshakes : 0.0, static_cast<unsigned long long>(bytes),
            relay.gbit_per_s, relay.relay_cpu_s_per_gb, relay.ok ? "true" : "false",
@@ -339,7 +343,7 @@ int main(int argc, char** argv) {
            single.ok ? "true" : "false", single.error.c_str(),
            openssl.builtin_ec_keys ? "true" : "false", openssl.detail.c_str(), bare_stock_rate,
            bare_unverified_rate, stock.gbit_per_s, stock.relay_cpu_s_per_gb, stock.ok ? "true" : "false",
-           stock.error.c_str());
+           stock.error.c_str(), malloc_tuning.detail.c_str());
   printf("%s\n", json);
   if (!out.empty()) std::ofstream(out) << json << "\n";
   return relay.ok && single.ok && stock.ok && (handshakes == 0 || (hs_rate > 0 && bare_stock_rate > 0 && bare_unverified_rate > 0)) ? 0 : 1;

@@ -879,9 +879,20 @@ test_key_update() {
 # that helps (OpenSSL 3.0 and 3.1); an agent set to off still meshes with one that uses it, both ways.
 test_openssl_builtin_ec() {
   setup; mesh_mode STRICT
-  topo_start_agent 1 --datapath "$DATAPATH" --openssl-builtin-ec off || { fail "agent 1 did not start"; return; }
+  # Agent 1 also gets the operator's own GLIBC_TUNABLES, which it must keep (malloc_tuning.h).
+  GLIBC_TUNABLES=glibc.malloc.tcache_count=7 topo_start_agent 1 --datapath "$DATAPATH" --openssl-builtin-ec off ||
+    { fail "agent 1 did not start"; return; }
+  unset GLIBC_TUNABLES  # agent 2 starts as a DaemonSet pod would: without it
   topo_start_agent 2 --datapath "$DATAPATH" || { fail "agent 2 did not start"; return; }
   serve n2a 8080; serve n1a 8080
+  # glibc malloc tuning: agent 2 executed itself again with meshtls's tunables, as the same
+  # process (the PID the script started); agent 1 kept the operator's.
+  expect_eq "agent 2 runs with meshtls's malloc tunables" "GLIBC_TUNABLES=glibc.malloc.tcache_count=128" \
+    "$(tr '\0' '\n' <"/proc/${TOPO_AGENT_PIDS[2]}/environ" | grep '^GLIBC_TUNABLES=')"
+  expect_contains "agent 2 logs them in effect" "$TOPO_ROOT/agent2.log" "glibc malloc tuning in effect: GLIBC_TUNABLES=glibc.malloc.tcache_count=128"
+  expect_eq "agent 1 keeps the operator's" "GLIBC_TUNABLES=glibc.malloc.tcache_count=7" \
+    "$(tr '\0' '\n' <"/proc/${TOPO_AGENT_PIDS[1]}/environ" | grep '^GLIBC_TUNABLES=')"
+  expect_contains "agent 1 says so" "$TOPO_ROOT/agent1.log" "glibc malloc tuning left to the environment: GLIBC_TUNABLES=glibc.malloc.tcache_count=7"
   expect_eq "off -> auto: mesh traffic flows" n2a:one "$(send n1a 10.0.2.2 8080 one)"
   expect_eq "auto -> off: mesh traffic flows" n1a:two "$(send n2a 10.0.1.2 8080 two)"
   ctl 1 -o json status >"$TOPO_ROOT/status-1.json"
