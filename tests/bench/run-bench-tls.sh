@@ -62,13 +62,19 @@ fi
 
 /usr/bin/python3 - "$runs" "$out" "$generated" "$recorded_machine" <<'PY'
 import json, os, statistics, sys, datetime, platform
+def cpu_model():  # the shared hosts behind this machine differ by CPU, which moves every figure
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 lines_in = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 calibrations = [r for r in lines_in if r.get("calibration")]
 runs = [r for r in lines_in if not r.get("calibration")]
 out = sys.argv[2]
 doc = {"generated": sys.argv[3] or datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
        # A re-render keeps the machine the runs were made on.
-       "machine": json.loads(sys.argv[4]) if sys.argv[4] else {"cpus": os.cpu_count(), "host_kernel": platform.release()},
+       "machine": json.loads(sys.argv[4]) if sys.argv[4] else {"cpus": os.cpu_count(), "host_kernel": platform.release(),
+                                                              "cpu_model": cpu_model()},
        "calibration": calibrations, "runs": runs}
 json.dump(doc, open(os.path.join(out, "tls.json"), "w"), indent=2)
 
@@ -82,7 +88,8 @@ def cell(rs, key, fmt="%.2f"):
     return (fmt % m) + " (" + (fmt % lo) + "–" + (fmt % hi) + ")"
 
 lines = ["# bench-tls results", "",
-         f"Generated {doc['generated']} on {doc['machine']['cpus']} CPUs, host kernel {doc['machine']['host_kernel']}.",
+         f"Generated {doc['generated']} on {doc['machine']['cpus']} CPUs ({doc['machine'].get('cpu_model', 'CPU model not recorded')}), "
+         f"host kernel {doc['machine']['host_kernel']}.",
          "Median (min–max) over the runs in `tls.json`. Relay runs move one stream over loopback TCP.",
          "- **full tunnel**: app → our client relay → TLS → our server relay → app (both ends encrypt/decrypt; CPU is both relay threads).",
          "- **single relay**: app → our encrypting relay → a plain OpenSSL reader (the shape of the 7.3 Gbit/s \"OpenSSL relay\" baseline).",
